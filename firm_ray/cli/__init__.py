@@ -1,0 +1,1 @@
+"""Command-line interface: `firm-ray` and `python -m firm_ray`."""
