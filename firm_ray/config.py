@@ -279,7 +279,8 @@ def _default_rewards() -> list[RewardSpec]:
 class AlgorithmConfig(_Section):
     name: AlgorithmName = "firm"
     """firm (in-client regularized min-norm), fedavg_ls (fixed linear scalarization), fmgda
-    (server-side min-norm over uploaded gradients) or centralized (one client, no federation)."""
+    (one local trajectory per objective, server-side min-norm over the M averaged deltas) or
+    centralized (one client holding all data, no federation)."""
     beta: NonNegFloat = 1.0
     """FIRM regularization strength of the min-norm problem (0 = plain MGDA weights)."""
     beta_scale: Literal["relative", "absolute"] = "relative"

@@ -24,7 +24,11 @@ def tiny_lora_gpt2(dropout: float = 0.0, seed: int = 0) -> nn.Module:
     config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)
     model = GPT2LMHeadModel(config)
     lora = LoraConfig(
-        r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["c_attn", "c_proj", "c_fc"]
+        r=4,
+        lora_alpha=8,
+        lora_dropout=dropout,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        fan_in_fan_out=True,
     )
     model = get_peft_model(model, lora)
     for name, p in model.named_parameters():  # non-zero B so every LoRA grad is non-trivial
