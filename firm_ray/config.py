@@ -328,8 +328,10 @@ class TrainerConfig(_Section):
     """Nucleus sampling mass (1.0 = off)."""
     kl_coef: NonNegFloat = 0.05
     """KL penalty to the reference (adapter-free) model."""
-    kl_mode: Literal["loss", "reward"] = "loss"
-    """Apply the KL penalty as a loss term or subtract it from the rewards."""
+    kl_mode: Literal["reward", "loss"] = "reward"
+    """'reward': the sequence log-ratio to the reference is a penalty in every objective's
+    return (the score-function gradient of the sequence KL; per-objective gradients then cost one
+    backward); 'loss': GRPO's per-token k3 KL term in the loss (one extra backward)."""
     clip_eps: Annotated[Float, _interval("(0, 1)")] = 0.2
     """PPO ratio clipping epsilon."""
     ppo_epochs: PosInt = 1
