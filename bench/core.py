@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "core.json"))
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=150)
 
     solver_rows = bench_solver(args.reps)
     table = Table(title="firm_weights (float64 Gram, p uniform)")

@@ -48,6 +48,7 @@ from pydantic_core import PydanticCustomError, to_jsonable_python
 
 __all__ = [
     "ALGORITHMS",
+    "PROMPT_FORMATS",
     "REWARD_TYPES",
     "AlgorithmConfig",
     "ConfigError",
@@ -219,23 +220,36 @@ class PartitionConfig(_Section):
     """Allow a client to receive no prompts (otherwise partitioning fails)."""
 
 
+PromptFormat = Literal["plain", "hh_first_human_turn"]
+PROMPT_FORMATS: tuple[str, ...] = get_args(PromptFormat)
+
+
 class DataConfig(_Section):
     source: Literal["builtin", "jsonl", "csv", "parquet", "hf"] = "builtin"
     """Prompt source; 'builtin' = the project's own prompt set (no path needed)."""
     path: StrictStr | None = None
-    """File path, or HF dataset id for source 'hf'; required unless source is 'builtin'."""
+    """File path (jsonl, csv, parquet); for 'hf' a hub id, a dataset directory, a save_to_disk
+    directory or a single .json/.jsonl/.csv/.parquet/.txt/.arrow data file. Required unless
+    source is 'builtin'."""
     split: StrictStr = "train"
-    """Split to train on (HF datasets)."""
+    """Split to train on (HF sources with named splits)."""
     eval_split: StrictStr | None = None
-    """Split to evaluate on; None = hold out eval_fraction of the training prompts."""
+    """Evaluation prompts: a split name for HF sources with named splits, else the path of a
+    second file of the same kind; None = hold out eval_fraction of the training prompts."""
     eval_fraction: Annotated[Float, _interval("(0, 1)")] = 0.1
-    """Fraction of prompts held out for evaluation when eval_split is None."""
+    """Fraction of prompts held out for evaluation when eval_split is None (stratified by
+    category)."""
     prompt_field: StrictStr = "prompt"
-    """Record field holding the prompt text."""
+    """Record field holding the prompt text (for HH-style data: 'chosen')."""
     category_field: StrictStr | None = "category"
     """Record field holding a category label (used by non-iid partitions); None = none."""
+    prompt_format: PromptFormat = "plain"
+    """How the prompt field becomes a prompt: 'plain' = the text as is; 'hh_first_human_turn' =
+    the first 'Human:' turn of an Anthropic HH transcript (e.g. its 'chosen' field)."""
     max_prompts: PosInt | None = None
-    """Cap on the number of prompts loaded; None = all."""
+    """Cap on the number of training prompts (seeded, stratified by category); None = all."""
+    max_eval_prompts: PosInt | None = None
+    """Cap on the number of evaluation prompts (seeded, stratified by category); None = all."""
     partition: PartitionConfig = PartitionConfig()
     """How the prompts are split over the federation's clients."""
 
@@ -245,6 +259,15 @@ class DataConfig(_Section):
         if self.source != "builtin" and self.path is None:
             problems.append(
                 _Problem(("path",), f"required when data.source is {self.source!r}", None)
+            )
+        if self.source == "builtin" and self.eval_split is not None:
+            problems.append(
+                _Problem(
+                    ("eval_split",),
+                    "must be null when data.source is 'builtin' (the built-in world has its "
+                    "own eval prompts)",
+                    self.eval_split,
+                )
             )
         if self.partition.scheme == "natural" and not (self.partition.field or self.category_field):
             problems.append(

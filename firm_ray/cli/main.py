@@ -34,7 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="dotted override, e.g. --set algorithm.beta=0.1 (repeatable)",
     )
     check.set_defaults(func=_check_config)
+    build = sub.add_parser(
+        "build-world",
+        help="build (or find in the cache) the embedded default's warm-start model and print it",
+    )
+    build.set_defaults(func=_build_world)
     return parser
+
+
+def _build_world(args: argparse.Namespace) -> int:
+    import json
+
+    from firm_ray.models.warmstart import ensure_world_model
+
+    path = ensure_world_model(verbose=True)
+    print(json.dumps(json.loads((path / "build.json").read_text()), indent=2))
+    print(f"warm-start model: {path}")
+    return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -26,3 +26,14 @@ def test_console_script_help_is_light() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert light.stdout.strip() == "False False"
+
+
+def test_build_world_prints_the_cached_model(world_model_dir, capsys) -> None:
+    from firm_ray.cli.main import main
+
+    assert main(["build-world"]) == 0
+    assert (
+        f"warm-start model: {world_model_dir}" in capsys.readouterr().out
+    )  # already built by the fixture: finds it in the cache
+    assert (world_model_dir / "config.json").exists()
+    assert (world_model_dir / "tokenizer.json").exists()

@@ -1,0 +1,175 @@
+"""The policy: a causal LM loaded with ``from_pretrained`` (Hugging Face id or local path) plus a
+trainable LoRA adapter from peft. The reference policy is the same model with the adapter
+disabled, so there is never a second copy of the weights in memory.
+
+The embedded default (``builtin:tiny-world``) resolves to the warm-start directory built by
+firm_ray.models.warmstart and then goes through exactly this code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from firm_ray.config import LoraConfig, ModelConfig
+from firm_ray.models.warmstart import BUILTIN_PREFIX, BUILTIN_WORLD, ensure_world_model
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """A model, tokenizer or adapter could not be loaded; the message says which and why."""
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map ``builtin:...`` names to their built directory; other ids and paths pass through."""
+    if name_or_path == BUILTIN_WORLD:
+        return str(ensure_world_model())
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        raise ModelLoadError(
+            f"model.name_or_path = {name_or_path!r}: unknown built-in model; available: "
+            f"{BUILTIN_WORLD}"
+        )
+    return name_or_path
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' is cuda when this process sees a GPU (e.g. a Ray worker given num_gpus), else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("model.device = 'cuda' but no GPU is visible to this process")
+    return torch.device(device)
+
+
+def load_tokenizer(config: ModelConfig) -> Any:
+    """Tokenizer with a pad token and left padding (what batched generation needs)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model_path(config.tokenizer or config.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=config.revision, trust_remote_code=config.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load tokenizer {source!r}: {err}") from err
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"tokenizer {source!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_base_model(config: ModelConfig, device: torch.device | None = None) -> Any:
+    """The frozen base causal LM, in eval mode, on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model_path(config.name_or_path)
+    dtype = "auto" if config.dtype == "auto" else _DTYPES[config.dtype]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            revision=config.revision,
+            dtype=dtype,
+            trust_remote_code=config.trust_remote_code,
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load model {source!r}: {err}") from err
+    model.to(device or resolve_device(config.device))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def lora_config_for(model: Any, config: LoraConfig) -> Any:
+    """peft LoraConfig; ``target_modules=None`` uses peft's per-architecture defaults."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    model_type = getattr(model.config, "model_type", None)
+    targets = config.target_modules
+    if targets is None and model_type not in DEFAULTS:
+        raise ModelLoadError(
+            f"no default LoRA target modules for model type {model_type!r}: set "
+            "lora.target_modules (e.g. [q_proj, v_proj])"
+        )
+    return PeftLoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=targets,
+        bias=config.bias,
+        task_type="CAUSAL_LM",
+        # GPT-2 style Conv1D layers store weights transposed
+        fan_in_fan_out=model_type == "gpt2",
+    )
+
+
+@dataclass
+class Policy:
+    """A base model with one LoRA adapter, its tokenizer and device."""
+
+    model: Any  # peft.PeftModel
+    tokenizer: Any
+    device: torch.device
+
+    @property
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """pi_ref: the same weights with the adapter switched off (no second model copy)."""
+        with self.model.disable_adapter():
+            yield
+
+    def format_prompts(self, prompts: Sequence[str]) -> list[str]:
+        """Prompts as the model expects them: its chat template when it has one."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return [
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                )
+                for p in prompts
+            ]
+        return list(prompts)
+
+
+def load_policy(model_config: ModelConfig, lora_config: LoraConfig, seed: int = 0) -> Policy:
+    """Base model + a freshly initialized LoRA adapter (seeded: same seed, same adapter)."""
+    from peft import get_peft_model
+
+    device = resolve_device(model_config.device)
+    tokenizer = load_tokenizer(model_config)
+    base = load_base_model(model_config, device)
+    if base.generation_config.pad_token_id is None:
+        base.generation_config.pad_token_id = tokenizer.pad_token_id
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = get_peft_model(base, lora_config_for(base, lora_config))
+    model.eval()
+    return Policy(model=model, tokenizer=tokenizer, device=device)
+
+
+def load_trained_policy(
+    model_config: ModelConfig, adapter_dir: str | Path, trainable: bool = False
+) -> Policy:
+    """Base model + a saved PEFT adapter directory (``PeftModel.from_pretrained``)."""
+    from peft import PeftModel
+
+    device = resolve_device(model_config.device)
+    tokenizer = load_tokenizer(model_config)
+    base = load_base_model(model_config, device)
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load adapter {str(adapter_dir)!r}: {err}") from err
+    model.eval()
+    return Policy(model=model, tokenizer=tokenizer, device=device)
