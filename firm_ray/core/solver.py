@@ -83,7 +83,7 @@ def effective_beta(gram: torch.Tensor, beta: float, scale: BetaScale = "relative
         return beta
     if scale != "relative":
         raise ValueError(f"beta scale {scale!r}: must be 'absolute' or 'relative'")
-    mean_sq_norm = float(torch.diagonal(_as_gram_tensor(gram)).double().mean())
+    mean_sq_norm = float(torch.diagonal(_as_gram_tensor(gram).detach()).double().mean())
     return beta * max(mean_sq_norm, 0.0)
 
 

@@ -85,7 +85,16 @@ def load_base_model(config: ModelConfig, device: torch.device | None = None) -> 
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    disable_dropout(model)
     return model
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Zero the base model's dropout (as TRL's trainers do): the policy that samples and the
+    policy that is trained must be the same function, or PPO ratios are noise."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def lora_config_for(model: Any, config: LoraConfig) -> Any:

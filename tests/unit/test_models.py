@@ -12,7 +12,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from firm_ray.config import LoraConfig, ModelConfig
-from firm_ray.data.world import all_world_prompts, world_prompts
+from firm_ray.data.world import all_world_prompts, world_dialogues, world_prompts
 from firm_ray.models.adapter import (
     adapter_from_bytes,
     adapter_to_bytes,
@@ -51,15 +51,15 @@ def test_warm_start_build_is_cached_deterministic_and_loadable(tmp_path) -> None
     assert build["dialogues"] == 300 and build["parameters"] > 0
     assert recipe_hash(WorldModelRecipe(seed=1)) != recipe_hash(WorldModelRecipe(seed=0))
     tokenizer = AutoTokenizer.from_pretrained(first)
+    _, _, prompt, response = next(iter(world_dialogues(TINY.dialogues, TINY.seed)))
     text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "how do i fix my bike chain?"}],
-        tokenize=False,
-        add_generation_prompt=True,
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
     )
-    assert text == "<user> how do i fix my bike chain? <assistant>"
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert tokenizer.unk_token_id not in ids
-    assert tokenizer.decode(ids, skip_special_tokens=True).strip() == "how do i fix my bike chain?"
+    assert text == f"<user> {prompt} <assistant>"
+    ids = tokenizer(text + " " + response, add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids  # every word of the corpus is a token
+    decoded = tokenizer.decode(ids, skip_special_tokens=True)
+    assert " ".join(decoded.split()) == f"{prompt} {response}"
 
 
 def test_warm_start_completions_are_words_on_topic(world_model_dir) -> None:
