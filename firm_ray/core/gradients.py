@@ -49,14 +49,22 @@ def losses_from_terms(token_terms: torch.Tensor, seq_weights: torch.Tensor) -> t
 
 
 def per_objective_grads(
-    losses: torch.Tensor, params: Sequence[torch.Tensor], batched: bool = False
+    losses: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    batched: bool = False,
+    retain_graph: bool = False,
 ) -> torch.Tensor:
     """[M, P] gradients of M scalar losses built on one graph (the generic, unfactored way)."""
     params = list(params)
     if batched:
         eye = torch.eye(losses.shape[0], dtype=losses.dtype, device=losses.device)
         grads = torch.autograd.grad(
-            losses, params, grad_outputs=eye, is_grads_batched=True, allow_unused=True
+            losses,
+            params,
+            grad_outputs=eye,
+            is_grads_batched=True,
+            allow_unused=True,
+            retain_graph=retain_graph,
         )
         return torch.cat(
             [
@@ -70,7 +78,10 @@ def per_objective_grads(
     rows = []
     for m in range(losses.shape[0]):
         grads = torch.autograd.grad(
-            losses[m], params, retain_graph=m < losses.shape[0] - 1, allow_unused=True
+            losses[m],
+            params,
+            retain_graph=retain_graph or m < losses.shape[0] - 1,
+            allow_unused=True,
         )
         rows.append(_flatten(grads, params))
     return torch.stack(rows)
@@ -135,14 +146,22 @@ class ObjectiveGradients:
             for handle in handles:
                 handle.remove()
 
-    def compute(self, token_terms: torch.Tensor, seq_weights: torch.Tensor) -> torch.Tensor:
-        """Return [M, P] gradients of L_m (see module docstring) w.r.t. ``params``."""
+    def compute(
+        self, token_terms: torch.Tensor, seq_weights: torch.Tensor, retain_graph: bool = False
+    ) -> torch.Tensor:
+        """Return [M, P] gradients of L_m (see module docstring) w.r.t. ``params``.
+
+        ``retain_graph=True`` keeps the autograd graph for a later backward of the same loss
+        (the DeepSpeed backend backpropagates sum_m lambda_m L_m through its engine).
+        """
         _check_shapes(token_terms, seq_weights)
         try:
             if self.resolve(token_terms.shape[0], seq_weights.shape[0]) == "factored":
-                return self._factored(token_terms, seq_weights.detach())
+                return self._factored(token_terms, seq_weights.detach(), retain_graph)
             losses = losses_from_terms(token_terms, seq_weights.detach())
-            return per_objective_grads(losses, self.params, batched=self.method == "batched")
+            return per_objective_grads(
+                losses, self.params, batched=self.method == "batched", retain_graph=retain_graph
+            )
         finally:
             self._records.clear()
 
@@ -152,7 +171,9 @@ class ObjectiveGradients:
             return self.method
         return "factored" if self.can_factor and num_terms < num_objectives else "autograd"
 
-    def _factored(self, token_terms: torch.Tensor, seq_weights: torch.Tensor) -> torch.Tensor:
+    def _factored(
+        self, token_terms: torch.Tensor, seq_weights: torch.Tensor, retain_graph: bool = False
+    ) -> torch.Tensor:
         if not self._records:
             raise RuntimeError(
                 "no recorded activations: run the forward pass inside ObjectiveGradients.capture()"
@@ -163,7 +184,10 @@ class ObjectiveGradients:
         param_grads: dict[int, torch.Tensor] = {}
         for k in range(num_terms):
             deltas = torch.autograd.grad(
-                token_terms[k].sum(), outputs, retain_graph=k < num_terms - 1, allow_unused=True
+                token_terms[k].sum(),
+                outputs,
+                retain_graph=retain_graph or k < num_terms - 1,
+                allow_unused=True,
             )
             weights = seq_weights[:, k, :]
             for (module, x, _), delta in zip(self._records, deltas, strict=True):

@@ -1,0 +1,126 @@
+"""Policy-gradient pieces of a local step: token log-probs, per-objective advantages, and the
+clipped-surrogate (+ KL) loss written in the factored form that
+:class:`firm_ray.core.gradients.ObjectiveGradients` differentiates in one backward.
+
+Loss of objective m (GRPO-style: mean over a sequence's tokens, then over sequences):
+
+    L_m = -(1/S) sum_s A_m(s) * (1/T_s) sum_t clipped_ratio_t(sign A_m(s))   [+ KL term]
+
+where clipped_ratio is min(ratio, 1 + eps) for a positive advantage and max(ratio, 1 - eps) for
+a negative one (PPO's pessimistic clip). Both shapes are shared by all objectives, so the loss
+is sum_k sum_s w[m, k, s] sum_t terms[k, s, t] with K = 2 terms (K = 1 on the first PPO epoch,
+where ratio == 1 and both shapes coincide), plus GRPO's per-token k3 KL term when
+``kl_mode == "loss"``. With ``kl_mode == "reward"`` (default) the KL enters the advantages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+_EPS = 1e-6
+
+
+def token_logprobs(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int
+) -> torch.Tensor:
+    """[S, T] log pi(y_t | prefix) of the completion tokens (positions from the attention mask,
+    so left padding does not shift them)."""
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+    ).logits[:, prompt_length - 1 : -1]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, input_ids[:, prompt_length:, None]).squeeze(-1)
+
+
+def advantages(
+    rewards: torch.Tensor, group_size: int, mode: str = "group", eps: float = _EPS
+) -> torch.Tensor:
+    """[S, M] per-objective advantages from [S, M] rewards.
+
+    ``group``: (r - mean of the prompt's G completions) / (their std + eps), per objective
+    (GRPO). ``batch``: whitened over the whole batch. A group whose rewards are all equal gives
+    zero advantage (nothing to learn from it), never NaN.
+    """
+    if mode == "group":
+        grouped = rewards.reshape(-1, group_size, rewards.shape[-1])
+        mean = grouped.mean(dim=1, keepdim=True)
+        std = grouped.std(dim=1, keepdim=True, unbiased=False)
+        return ((grouped - mean) / (std + eps)).reshape(rewards.shape)
+    if mode == "batch":
+        mean = rewards.mean(dim=0, keepdim=True)
+        std = rewards.std(dim=0, keepdim=True, unbiased=False)
+        return (rewards - mean) / (std + eps)
+    raise ValueError(f"advantage = {mode!r}: must be 'group' or 'batch'")
+
+
+def baseline_centered(values: torch.Tensor, group_size: int, mode: str = "group") -> torch.Tensor:
+    """[S] values minus their group (or batch) mean: the KL penalty's advantage."""
+    if mode == "group":
+        grouped = values.reshape(-1, group_size)
+        return (grouped - grouped.mean(dim=1, keepdim=True)).reshape(values.shape)
+    return values - values.mean()
+
+
+@dataclass
+class SurrogateLoss:
+    """The factored loss of one pass: L_m = sum_{k,s} weights[m,k,s] * terms[k,s,:].sum().
+
+    ``clip_fraction``: share of completion tokens whose ratio lies outside [1-eps, 1+eps].
+    """
+
+    terms: torch.Tensor  # [K, S, T], differentiable
+    weights: torch.Tensor  # [M, K, S], constants
+    clip_fraction: float
+
+
+def surrogate_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    mask: torch.Tensor,
+    adv: torch.Tensor,
+    clip_eps: float,
+    first_epoch: bool,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> SurrogateLoss:
+    """Build the factored clipped-surrogate loss (see module docstring).
+
+    Args:
+        logp, old_logp, mask: [S, T] current / sampling-time log-probs and completion mask.
+        adv: [S, M] advantages (already including a reward-mode KL penalty).
+        first_epoch: True when the policy has not moved since sampling (ratio == 1 exactly).
+        ref_logp: [S, T] reference log-probs, for GRPO's k3 KL term (``kl_coef`` > 0).
+    """
+    num_seqs = logp.shape[0]
+    mask = mask.to(logp.dtype)
+    per_token = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)  # 1/T_s on real tokens
+    ratio = torch.exp(logp - old_logp.detach())
+    adv = adv.detach().to(logp.dtype)
+    coeff = -adv.T / num_seqs  # [M, S]
+    if first_epoch:
+        terms = [ratio * per_token]
+        weights = [coeff]
+    else:
+        terms = [
+            torch.minimum(ratio, torch.full_like(ratio, 1 + clip_eps)) * per_token,
+            torch.maximum(ratio, torch.full_like(ratio, 1 - clip_eps)) * per_token,
+        ]
+        weights = [coeff * (adv.T > 0), coeff * (adv.T < 0)]
+    if ref_logp is not None and kl_coef > 0:
+        log_r = ref_logp.detach() - logp
+        terms.append((torch.exp(log_r) - log_r - 1) * per_token)
+        weights.append(torch.full_like(coeff, kl_coef / num_seqs))
+    with torch.no_grad():
+        outside = ((ratio - 1).abs() > clip_eps).to(logp.dtype) * mask
+        clip_fraction = float(outside.sum() / mask.sum().clamp_min(1.0))
+    return SurrogateLoss(torch.stack(terms), torch.stack(weights, dim=1), clip_fraction)
+
+
+def sequence_kl(old_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[S] log pi(y|x) - log pi_ref(y|x) of sampled sequences: an unbiased estimate of
+    KL(pi || pi_ref) per prompt, and the penalty of ``kl_mode == "reward"``."""
+    return ((old_logp - ref_logp) * mask.to(old_logp.dtype)).sum(dim=1)
