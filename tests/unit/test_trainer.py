@@ -210,3 +210,38 @@ def test_preference_steers_what_is_learned(world) -> None:
     assert after["[1,0]"][0] > before[0] + 0.045, (before, after)
     assert after["[0,1]"][1] > before[1] + 0.09, (before, after)
     assert after["[1,0]"][0] > after["[0,1]"][0] and after["[0,1]"][1] > after["[1,0]"][1]
+
+
+def test_same_update_in_another_process(world, tmp_path) -> None:
+    """Same (global adapter, client data, seed) -> the same update, whichever process runs it."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    cfg, _, _, splits, start = world
+    save_file(start, str(tmp_path / "start.safetensors"))
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from safetensors.torch import load_file, save_file
+        from firm_ray.config import load_config
+        from firm_ray.data.sources import load_prompts
+        from firm_ray.models.policy import load_policy
+        from firm_ray.rewards import build_rewards
+        from firm_ray.trainer import LocalTrainer
+        torch.set_num_threads({torch.get_num_threads()})
+        cfg = load_config(None, {[f"model.name_or_path={cfg.model.name_or_path}", *SMALL]!r})
+        policy = load_policy(cfg.model, cfg.lora, seed=0)
+        trainer = LocalTrainer(policy, build_rewards(cfg.rewards), cfg.trainer, cfg.algorithm,
+                               cfg.federation.local_steps, seed=cfg.experiment.seed)
+        prompts = load_prompts(cfg.data, 0).train[:64]
+        start = load_file({str(tmp_path / "start.safetensors")!r})
+        update = trainer.run_round(start, prompts, 5, 3)
+        save_file(update.adapter, {str(tmp_path / "out.safetensors")!r})
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    here = make_trainer(world).run_round(start, splits.train[:64], 5, 3).adapter
+    there = load_file(str(tmp_path / "out.safetensors"))
+    assert all(torch.equal(here[k], there[k]) for k in here)
