@@ -25,7 +25,8 @@ class Backend(Protocol):
 
     @property
     def forward_model(self) -> Any:
-        """The module to run forward passes through (a DeepSpeed engine wraps the model)."""
+        """The module to run training forward passes through (DeepSpeed: the engine's module
+        with the engine's forward set-up, see deepspeed_backend.EngineForward)."""
 
     def reset(self) -> None:
         """Fresh optimizer state for a new round (local optimizer state is not carried over)."""
