@@ -230,25 +230,34 @@ class LocalTrainer:
                 return
         log["rewards"].append(rewards.mean(dim=0).tolist())
 
-        # 3. advantages; reference and sampling-time log-probs
+        # 3. reference and sampling-time log-probs (no grad). The sampling-time pass is only
+        # needed when the policy moves before it is used (several PPO epochs) or the training
+        # forward is stochastic; otherwise epoch 0's own forward, detached, is exactly it.
         ids, attn = samples.input_ids, samples.attention_mask
         mask = samples.completion_mask.to(torch.float32)
+        old_logp = ref_logp = adv = None
         with timer("forward"), torch.no_grad():
-            old_logp = token_logprobs(policy.model, ids, attn, samples.prompt_length)
-            with policy.reference():
-                ref_logp = token_logprobs(policy.model, ids, attn, samples.prompt_length)
-        kl = sequence_kl(old_logp, ref_logp, mask)
-        log["kl"].append(float(kl.mean()))
-        adv = advantages(rewards.to(torch.float32), samples.group_size, cfg.advantage)
-        if cfg.kl_mode == "reward" and cfg.kl_coef > 0:
-            penalty = baseline_centered(kl, samples.group_size, cfg.advantage)
-            adv = adv - cfg.kl_coef * penalty[:, None]
+            if cfg.ppo_epochs > 1 or self.stochastic_forward:
+                old_logp = token_logprobs(policy.model, ids, attn, samples.prompt_length)
+            if cfg.kl_coef > 0:
+                with policy.reference():
+                    ref_logp = token_logprobs(policy.model, ids, attn, samples.prompt_length)
 
         # 4-8. PPO epochs over the same batch
         policy.model.train()
         for epoch in range(cfg.ppo_epochs):
             with timer("forward"), self.grads.capture():
                 logp = token_logprobs(self.backend.forward_model, ids, attn, samples.prompt_length)
+            if old_logp is None:
+                old_logp = logp.detach()
+            if adv is None:  # per-objective advantages, with the KL penalty in reward mode
+                adv = advantages(rewards.to(torch.float32), samples.group_size, cfg.advantage)
+                if ref_logp is not None:
+                    kl = sequence_kl(old_logp, ref_logp, mask)
+                    log["kl"].append(float(kl.mean()))
+                    if cfg.kl_mode == "reward":
+                        penalty = baseline_centered(kl, samples.group_size, cfg.advantage)
+                        adv = adv - cfg.kl_coef * penalty[:, None]
             loss = surrogate_loss(
                 logp,
                 old_logp,
