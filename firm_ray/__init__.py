@@ -6,3 +6,11 @@ gradients and uploads one LoRA adapter; the server averages adapters. See docs/A
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # lazy: `import firm_ray` must not import Ray or torch
+    if name == "run":
+        from firm_ray.runtime.loop import run
+
+        return run
+    raise AttributeError(f"module 'firm_ray' has no attribute {name!r}")

@@ -22,6 +22,8 @@ class ClientUpdate:
     ``num_samples`` is the client's local data size (FedAvg weights by it).
     ``valid`` is False when the update must be rejected (e.g. a non-finite adapter); ``reason``
     says why. ``metrics`` holds scalars and short lists (mean lambda, rewards, KL, timings, ...).
+    ``client_state`` is state that must follow the client, not the worker (running reward
+    normalization statistics): the server keeps it and hands it back next time.
     """
 
     client_id: int
@@ -32,3 +34,4 @@ class ClientUpdate:
     metrics: dict[str, float | list[float]] = field(default_factory=dict)
     valid: bool = True
     reason: str = ""
+    client_state: dict = field(default_factory=dict)

@@ -1,6 +1,6 @@
 """`firm-ray` entry point.
 
-Subcommands (`run`, `sweep`, `report`, `build-world`) are registered here as they land; the
+Subcommands: run, report, check-config, build-world (sweep lands with the Tune issue). The
 parser is plain argparse so `--help` stays fast (no torch or ray import before a subcommand runs).
 """
 
@@ -34,12 +34,78 @@ def build_parser() -> argparse.ArgumentParser:
         help="dotted override, e.g. --set algorithm.beta=0.1 (repeatable)",
     )
     check.set_defaults(func=_check_config)
+    run = sub.add_parser(
+        "run",
+        help="run one federated experiment (local Ray, or the cluster at RAY_ADDRESS)",
+        description=(
+            "Run one federated experiment. Connects to an existing Ray cluster when RAY_ADDRESS "
+            "(or runtime.address) is set, otherwise starts a local Ray bound to 127.0.0.1. "
+            "Results go to <experiment.output_dir>/<experiment.name> (suffixed -2, -3, ... "
+            "rather than overwrite an earlier run)."
+        ),
+    )
+    run.add_argument("config", nargs="?", help="experiment YAML (omit with --resume)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override, e.g. --set federation.rounds=2 (repeatable)",
+    )
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    run.set_defaults(func=_run)
+    report = sub.add_parser("report", help="re-print a run's summary and redraw its plots")
+    report.add_argument("run_dir", help="a run directory (runs/<name>)")
+    report.set_defaults(func=_report)
     build = sub.add_parser(
         "build-world",
         help="build (or find in the cache) the embedded default's warm-start model and print it",
     )
     build.set_defaults(func=_build_world)
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from firm_ray.config import ConfigError, load_config
+
+    if args.resume and (args.config or args.overrides):
+        print("error: --resume continues a run with its saved config; drop CONFIG and --set")
+        return 2
+    if not args.resume and not args.config:
+        print("error: give an experiment CONFIG (or --resume RUN_DIR)")
+        return 2
+    try:
+        config = None if args.resume else load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}")
+        return 2
+    from firm_ray.runtime.loop import RunError, run
+
+    try:
+        summary = run(config, resume=args.resume)
+    except RunError as err:
+        print(f"error: {err}")
+        return 1
+    print(f"results: {summary['run_dir']}")
+    return 0 if summary.get("status") == "completed" else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from firm_ray.tracking.report import make_plots, print_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics.jsonl").exists():
+        print(f"error: {run_dir} has no metrics.jsonl (not a firm-ray run directory)")
+        return 2
+    plots = make_plots(run_dir)
+    print_report(run_dir, Console())
+    print("plots: " + ", ".join(str(p) for p in plots))
+    return 0
 
 
 def _build_world(args: argparse.Namespace) -> int:

@@ -1,0 +1,174 @@
+"""Federated algorithms as strategies with two hooks, the math beside them in firm_ray.core.
+
+    configure_round(round_index, num_clients) -> client ids to train this round
+    aggregate_round(round_index, global_state, updates, failures) -> AggregateResult
+
+``updates`` is an iterable consumed once, in client-id order (so the result does not depend on
+which worker finished first), and may be a generator that fetches one update at a time: the
+strategies stream it and keep one adapter-sized accumulator (M of them for fmgda), whatever
+the number of clients. ``failures`` lists the clients left out (late, crashed, rejected).
+
+- ``firm``, ``fedavg_ls``, ``centralized``: theta^{t+1} = theta^t + eta_s * (sum_i w_i theta_i -
+  theta^t), w_i proportional to local sample counts (eta_s = 1 is FedAvg). The algorithms differ
+  in what clients do, not in the server step.
+- ``fmgda``: clients upload one delta per objective; the server averages them per objective,
+  solves min-norm MGDA on the M averaged deltas and moves theta by eta_s * sum_m lambda_m delta_m.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from firm_ray.config import FirmConfig
+from firm_ray.core import firm_weights
+from firm_ray.core.aggregation import StreamingAverage, apply_delta, server_update
+from firm_ray.types import AdapterState, ClientUpdate
+
+
+@dataclass
+class AggregateResult:
+    """The new global adapter and what the server learned while computing it."""
+
+    state: AdapterState
+    accepted: list[int]
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class RoundFailed(RuntimeError):
+    """Fewer than ``federation.min_clients`` usable updates came back."""
+
+
+def sample_clients(seed: int, round_index: int, num_clients: int, per_round: int) -> list[int]:
+    """Seeded client selection, independent of everything but (seed, round)."""
+    rng = random.Random(f"firm_ray/clients/{seed}/{round_index}")
+    return sorted(rng.sample(range(num_clients), per_round))
+
+
+class Strategy:
+    """Base strategy: seeded client sampling and the server-side checks of every update."""
+
+    def __init__(self, config: FirmConfig) -> None:
+        self.config = config
+        self.min_clients = config.federation.min_clients
+        self.server_lr = config.algorithm.server_lr
+
+    def configure_round(self, round_index: int) -> list[int]:
+        fed = self.config.federation
+        return sample_clients(
+            self.config.experiment.seed,
+            round_index,
+            fed.num_clients,
+            fed.clients_sampled_per_round,
+        )
+
+    def aggregate_round(
+        self,
+        round_index: int,
+        global_state: AdapterState,
+        updates: Iterable[ClientUpdate],
+        failures: list[dict[str, Any]],
+    ) -> AggregateResult:
+        raise NotImplementedError
+
+    def _check(self, update: ClientUpdate, payload: AdapterState | None) -> str:
+        """Why an update must be rejected ('' when it is fine)."""
+        if not update.valid:
+            return update.reason or "client flagged its update invalid"
+        if payload is None:
+            return "no payload"
+        if update.num_samples <= 0:
+            return f"num_samples = {update.num_samples}"
+        bad = [k for k, v in payload.items() if not torch.isfinite(v).all()]
+        return f"non-finite tensor {bad[0]!r}" if bad else ""
+
+    def _enough(self, accepted: list[int], rejected: list[dict], failures: list[dict]) -> None:
+        if len(accepted) < self.min_clients:
+            raise RoundFailed(
+                f"only {len(accepted)} usable client update(s), federation.min_clients = "
+                f"{self.min_clients}; left out: {[*failures, *rejected]}"
+            )
+
+
+class FedAvgStrategy(Strategy):
+    """Sample-weighted average of client adapters (firm, fedavg_ls, centralized)."""
+
+    def aggregate_round(
+        self,
+        round_index: int,
+        global_state: AdapterState,
+        updates: Iterable[ClientUpdate],
+        failures: list[dict[str, Any]],
+    ) -> AggregateResult:
+        average = StreamingAverage()
+        accepted: list[int] = []
+        rejected: list[dict[str, Any]] = []
+        for update in updates:
+            reason = self._check(update, update.adapter)
+            if reason:
+                rejected.append({"client": update.client_id, "reason": reason})
+                continue
+            average.add(update.adapter, float(update.num_samples))
+            accepted.append(update.client_id)
+        self._enough(accepted, rejected, failures)
+        state = server_update(global_state, average.result(), self.server_lr)
+        return AggregateResult(state=state, accepted=accepted, rejected=rejected)
+
+
+class FmgdaStrategy(Strategy):
+    """Server-side min-norm MGDA over per-objective averaged deltas (Yang et al. 2023)."""
+
+    def aggregate_round(
+        self,
+        round_index: int,
+        global_state: AdapterState,
+        updates: Iterable[ClientUpdate],
+        failures: list[dict[str, Any]],
+    ) -> AggregateResult:
+        averages: list[StreamingAverage] = []
+        accepted: list[int] = []
+        rejected: list[dict[str, Any]] = []
+        for update in updates:
+            deltas = update.objective_deltas
+            reason = self._check(update, deltas[0] if deltas else None)
+            if not reason and deltas is not None:
+                bad = [k for d in deltas for k, v in d.items() if not torch.isfinite(v).all()]
+                reason = f"non-finite delta tensor {bad[0]!r}" if bad else ""
+            if reason:
+                rejected.append({"client": update.client_id, "reason": reason})
+                continue
+            assert deltas is not None
+            if not averages:
+                averages = [StreamingAverage() for _ in deltas]
+            for average, delta in zip(averages, deltas, strict=True):
+                average.add(delta, float(update.num_samples))
+            accepted.append(update.client_id)
+        self._enough(accepted, rejected, failures)
+        mean_deltas = [a.result() for a in averages]
+        flat = torch.stack(
+            [torch.cat([v.reshape(-1).double() for v in d.values()]) for d in mean_deltas]
+        )
+        lam = firm_weights(flat @ flat.T, 0.0)  # plain min-norm MGDA on the averaged deltas
+        step = {
+            k: sum(float(lam[m]) * mean_deltas[m][k].double() for m in range(len(mean_deltas)))
+            for k in global_state
+        }
+        state = apply_delta(global_state, step, scale=self.server_lr)
+        return AggregateResult(
+            state=state,
+            accepted=accepted,
+            rejected=rejected,
+            metrics={"server_lambda": lam.tolist()},
+        )
+
+
+def build_strategy(config: FirmConfig) -> Strategy:
+    """The strategy of ``algorithm.name``."""
+    if config.algorithm.name == "fmgda":
+        return FmgdaStrategy(config)
+    return FedAvgStrategy(config)

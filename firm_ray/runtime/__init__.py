@@ -1,0 +1,1 @@
+"""The only package that imports Ray: client worker actors, the aggregator actor, the round loop."""

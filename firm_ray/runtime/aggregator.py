@@ -1,0 +1,166 @@
+"""Aggregator: the body of the server (driver) actor.
+
+Holds the global adapter, the client-persistent state and the algorithm's strategy; aggregates
+a round by pulling client updates from the object store one at a time, in client-id order (two
+passes: the average, then the drift against the new global adapter), so its memory is that of
+one adapter (M for fmgda) however many clients report; writes atomic checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray
+from safetensors.torch import load_file, save_file
+
+from firm_ray.config import config_from_dict
+from firm_ray.core.aggregation import state_distance
+from firm_ray.core.metrics import disagreement
+from firm_ray.federation import build_strategy
+from firm_ray.models.adapter import adapter_from_bytes, adapter_to_bytes
+from firm_ray.runtime.wire import decode_update, payload_bytes
+from firm_ray.types import AdapterState, ClientUpdate
+
+CHECKPOINT_ADAPTER = "adapter.safetensors"
+CHECKPOINT_STATE = "state.json"
+
+
+class Aggregator:
+    """Server state and aggregation; one instance per run."""
+
+    def __init__(self, config: dict[str, Any], run_dir: str) -> None:
+        self.config = config_from_dict(config)
+        self.strategy = build_strategy(self.config)
+        self.run_dir = Path(run_dir)
+        self.state: AdapterState | None = None
+        self.client_states: dict[int, dict] = {}
+        self.fmgda = self.config.algorithm.name == "fmgda"
+
+    # ------------------------------------------------------------------------- global state
+    def set_global(self, payload: bytes) -> int:
+        self.state = adapter_from_bytes(payload)
+        return len(payload)
+
+    def global_payload(self) -> bytes:
+        assert self.state is not None, "no global adapter yet"
+        return adapter_to_bytes(self.state)
+
+    def states_for(self, client_ids: list[int]) -> dict[int, dict]:
+        return {c: self.client_states.get(c, {}) for c in client_ids}
+
+    # ------------------------------------------------------------------------- a round
+    def aggregate(
+        self, round_index: int, wrapped_refs: list[list[Any]], failures: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Aggregate the updates behind ``wrapped_refs`` ([[ref], ...], sorted by client id).
+
+        Returns the round's server metrics; raises RoundFailed (global state unchanged) when
+        fewer than ``min_clients`` usable updates remain.
+        """
+        start = time.perf_counter()
+        refs = [w[0] for w in wrapped_refs]
+        assert self.state is not None
+        headers: list[ClientUpdate] = []
+        bytes_up: dict[str, int] = {}
+
+        def stream() -> Iterator[ClientUpdate]:
+            for ref in refs:
+                wire = ray.get(ref)
+                bytes_up[str(wire[0].client_id)] = payload_bytes(wire)
+                update = decode_update(wire, self.fmgda)
+                headers.append(wire[0])
+                yield update
+
+        previous = self.state
+        result = self.strategy.aggregate_round(round_index, previous, stream(), failures)
+        self.state = result.state
+        for header in headers:
+            if header.client_id in result.accepted and header.client_state:
+                self.client_states[header.client_id] = header.client_state
+        drift = self._drift(refs, result.accepted, previous)
+        lambdas = {
+            str(h.client_id): h.metrics.get("lambda")
+            for h in headers
+            if h.client_id in result.accepted
+        }
+        lambda_rows = [v for v in lambdas.values() if v is not None]
+        return {
+            "accepted": result.accepted,
+            "rejected": result.rejected,
+            "client_lambdas": lambdas,
+            "disagreement": disagreement(lambda_rows) if lambda_rows else None,
+            "param_drift": drift,
+            "bytes_up": bytes_up,
+            "client_metrics": {str(h.client_id): h.metrics for h in headers},
+            "server": result.metrics,
+            "aggregation_seconds": time.perf_counter() - start,
+        }
+
+    def _drift(self, refs: list[Any], accepted: list[int], previous: AdapterState) -> float:
+        """Mean ||theta_i - theta^{t+1}|| over accepted clients (fmgda: theta_i = theta^t +
+        the client's mean per-objective delta), streamed one update at a time."""
+        assert self.state is not None
+        distances = []
+        for ref in refs:
+            wire = ray.get(ref)
+            if wire[0].client_id not in accepted:
+                continue
+            update = decode_update(wire, self.fmgda)
+            if self.fmgda:
+                deltas = update.objective_deltas or []
+                local = {k: previous[k] + sum(d[k] for d in deltas) / len(deltas) for k in previous}
+            else:
+                local = update.adapter or {}
+            distances.append(state_distance(local, self.state))
+        return float(sum(distances) / len(distances)) if distances else 0.0
+
+    # ------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, round_index: int, extra: dict[str, Any]) -> str:
+        """checkpoints/round_NNNN/{adapter.safetensors,state.json}, written to a temporary
+        directory and renamed into place; ``checkpoints/latest`` names the newest."""
+        assert self.state is not None
+        root = self.run_dir / "checkpoints"
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"round_{round_index:04d}"
+        tmp = root / f".round_{round_index:04d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.contiguous() for k, v in self.state.items()}, str(tmp / CHECKPOINT_ADAPTER))
+        payload = {
+            "round": round_index,
+            "adapter_order": list(self.state),
+            "client_states": {str(k): v for k, v in self.client_states.items()},
+            **extra,
+        }
+        (tmp / CHECKPOINT_STATE).write_text(json.dumps(payload, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        latest_tmp = root / ".latest.tmp"
+        latest_tmp.write_text(final.name)
+        os.replace(latest_tmp, root / "latest")
+        return str(final)
+
+    def load_checkpoint(self, directory: str) -> dict[str, Any]:
+        """Restore the global adapter and client state; returns the checkpoint's state.json."""
+        path = Path(directory)
+        loaded = load_file(str(path / CHECKPOINT_ADAPTER))
+        info = json.loads((path / CHECKPOINT_STATE).read_text())
+        order = info.get("adapter_order") or sorted(loaded)
+        self.state = {k: loaded[k] for k in order}
+        self.client_states = {int(k): v for k, v in info.get("client_states", {}).items()}
+        return info
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    path = run_dir / "checkpoints" / pointer.read_text().strip()
+    return path if (path / CHECKPOINT_STATE).exists() else None

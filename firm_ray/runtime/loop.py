@@ -1,0 +1,410 @@
+"""The federated round loop: ``firm_ray.run(config)``.
+
+    firm-ray run tune_configs/quickstart.yaml                 # local Ray on this machine
+    RAY_ADDRESS=auto firm-ray run CONFIG                       # an existing cluster
+    ray job submit --working-dir . -- python -m firm_ray run CONFIG
+
+Reads top to bottom: set up (run dir, Ray, a placement group of W worker bundles, W
+ClientWorker actors, the Aggregator actor, theta^0, the initial evaluation), then per round
+(sample clients -> dispatch to free workers -> collect with a timeout -> aggregate -> evaluate
+-> log -> checkpoint), then save the final adapter, summary and plots.
+
+A failed or late client is left out and counted; a round with fewer than
+``federation.min_clients`` usable updates is retried once, then the run fails with the reason.
+``resume`` continues from the last checkpoint; since every client task is seeded by
+(experiment seed, client, round), a resumed run reaches the same final adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from rich.console import Console
+
+from firm_ray.config import FirmConfig, load_config, save_config
+from firm_ray.federation import RoundFailed, sample_clients
+from firm_ray.runtime.aggregator import Aggregator, latest_checkpoint
+from firm_ray.runtime.worker import ClientWorker
+from firm_ray.tracking.jsonl import JsonlTracker, read_metrics
+from firm_ray.tracking.report import build_summary, make_plots, print_report
+
+PLACEMENT_TIMEOUT_S = 60.0
+ROUND_RETRIES = 1
+
+
+class RunError(RuntimeError):
+    """The run cannot continue; the message says why and what to change."""
+
+
+@dataclass
+class Cluster:
+    """The actors of one run and how to tear them down."""
+
+    workers: list[Any]
+    aggregator: Any
+    group: Any
+    started_ray: bool
+    worker_cls: Any
+    config_dict: dict[str, Any]
+
+    def worker_options(self, index: int) -> dict[str, Any]:
+        runtime = self.config_dict["runtime"]
+        return {
+            "num_cpus": runtime["num_cpus_per_worker"],
+            "num_gpus": runtime["num_gpus_per_worker"],
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                placement_group=self.group, placement_group_bundle_index=index
+            ),
+        }
+
+    def restart_worker(self, index: int) -> None:
+        """Replace a dead or stuck worker by a fresh one in the same bundle."""
+        ray.kill(self.workers[index], no_restart=True)
+        self.workers[index] = self.worker_cls.options(**self.worker_options(index)).remote(
+            self.config_dict, index
+        )
+
+    def shutdown(self) -> None:
+        for actor in [*self.workers, self.aggregator]:
+            ray.kill(actor, no_restart=True)
+        remove_placement_group(self.group)
+        if self.started_ray:
+            ray.shutdown()
+
+
+def run(
+    config: FirmConfig | None, resume: str | Path | None = None, console: Console | None = None
+) -> dict[str, Any]:
+    """Run one federated experiment end to end; returns summary.json's content.
+
+    With ``resume`` (a run directory) the run's own config.yaml is used and ``config`` ignored.
+    """
+    console = console or Console()
+    start_time = time.perf_counter()
+    if resume is not None:
+        run_dir = Path(resume)
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise RunError(f"--resume {run_dir}: no checkpoint found under {run_dir}/checkpoints")
+        config = load_config(run_dir / "config.yaml")
+    else:
+        if config is None:
+            raise RunError("run() needs a config (or resume=RUN_DIR)")
+        run_dir = _fresh_run_dir(Path(config.experiment.output_dir) / config.experiment.name)
+        checkpoint = None
+        save_config(config, run_dir / "config.yaml")
+    console.print(f"[bold]firm-ray[/] {config.algorithm.name} -> {run_dir}")
+
+    cluster = _start_cluster(config, run_dir, console)
+    try:
+        return _run_rounds(config, run_dir, checkpoint, cluster, console, start_time)
+    finally:
+        cluster.shutdown()
+
+
+# ---------------------------------------------------------------------------------- set-up
+def _fresh_run_dir(path: Path) -> Path:
+    """``runs/<name>``, or ``runs/<name>-2``, ``-3``, ... if it exists: never overwrite a run."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+def _init_ray(config: FirmConfig) -> bool:
+    """Connect to RAY_ADDRESS / runtime.address, or start a local Ray bound to 127.0.0.1."""
+    if ray.is_initialized():
+        return False
+    address = config.runtime.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return True
+    ray.init(
+        _node_ip_address="127.0.0.1",
+        include_dashboard=config.runtime.dashboard,
+        dashboard_host="127.0.0.1",
+        log_to_driver=True,
+        configure_logging=False,
+    )
+    return True
+
+
+def _start_cluster(config: FirmConfig, run_dir: Path, console: Console) -> Cluster:
+    started = _init_ray(config)
+    runtime = config.runtime
+    bundle = {"CPU": runtime.num_cpus_per_worker}
+    if runtime.num_gpus_per_worker > 0:
+        bundle["GPU"] = runtime.num_gpus_per_worker
+    group = ray.util.get_current_placement_group()
+    if group is None:  # not inside a Tune trial: reserve our own bundles
+        group = placement_group([bundle] * runtime.num_workers, strategy="PACK")
+        ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
+        if not ready:
+            remove_placement_group(group)
+            raise RunError(
+                f"could not place {runtime.num_workers} worker(s) of {bundle} within "
+                f"{PLACEMENT_TIMEOUT_S:.0f} s; cluster resources: {ray.cluster_resources()}. "
+                "Lower runtime.num_workers / num_cpus_per_worker / num_gpus_per_worker."
+            )
+    config_dict = config.model_dump(mode="json")
+    worker_cls = ray.remote(ClientWorker)
+    cluster = Cluster(
+        workers=[],
+        aggregator=ray.remote(Aggregator).options(num_cpus=0).remote(config_dict, str(run_dir)),
+        group=group,
+        started_ray=started,
+        worker_cls=worker_cls,
+        config_dict=config_dict,
+    )
+    cluster.workers = [
+        worker_cls.options(**cluster.worker_options(i)).remote(config_dict, i)
+        for i in range(runtime.num_workers)
+    ]
+    with console.status(f"loading the model on {runtime.num_workers} worker(s)"):
+        facts = ray.get([w.ready.remote() for w in cluster.workers])
+    stats = facts[0]["partition"]
+    (run_dir / "partition.json").write_text(json.dumps(stats, indent=2))
+    console.print(
+        f"{config.federation.num_clients} clients (sizes {stats.get('sizes')}), "
+        f"{facts[0]['eval_prompts']} eval prompts, adapter of "
+        f"{facts[0]['adapter_parameters']:,} parameters, {runtime.num_workers} worker(s)"
+    )
+    return cluster
+
+
+# ---------------------------------------------------------------------------------- rounds
+def _run_rounds(
+    config: FirmConfig,
+    run_dir: Path,
+    checkpoint: Path | None,
+    cluster: Cluster,
+    console: Console,
+    start_time: float,
+) -> dict[str, Any]:
+    agg = cluster.aggregator
+    fed = config.federation
+    if checkpoint is None:
+        ray.get(agg.set_global.remote(cluster.workers[0].initial_adapter.remote()))
+        first_round = 0
+        initial = ray.get(cluster.workers[0].evaluate.remote(agg.global_payload.remote()))
+        initial_rewards = initial["rewards"]
+        elapsed_before = 0.0
+    else:
+        info = ray.get(agg.load_checkpoint.remote(str(checkpoint)))
+        first_round = info["round"] + 1
+        initial_rewards = info["initial_rewards"]
+        elapsed_before = info.get("elapsed_s", 0.0)
+        console.print(f"resuming after round {info['round']} from {checkpoint}")
+    names = [r.name for r in config.rewards]
+    console.print(
+        "initial eval rewards: "
+        + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, initial_rewards, strict=True))
+    )
+    tracker = JsonlTracker(run_dir, resume_from_round=first_round if checkpoint else None)
+    rows: list[dict[str, Any]] = []
+    status = "completed"
+    try:
+        for round_index in range(first_round, fed.rounds):
+            with console.status(
+                f"round {round_index + 1}/{fed.rounds}: training "
+                f"{fed.clients_sampled_per_round} client(s) on {len(cluster.workers)} worker(s)"
+            ):
+                row = _one_round(config, round_index, cluster, console)
+            tracker.log_round(round_index, row)
+            rows.append(row)
+            _print_round(console, config, row)
+            elapsed = elapsed_before + time.perf_counter() - start_time
+            ray.get(
+                agg.save_checkpoint.remote(
+                    round_index, {"initial_rewards": initial_rewards, "elapsed_s": elapsed}
+                )
+            )
+    except Exception:
+        status = "failed"
+        raise
+    finally:
+        wall = elapsed_before + time.perf_counter() - start_time
+        if status == "completed":
+            payload = agg.global_payload.remote()
+            ray.get(cluster.workers[0].save_adapter.remote(payload, str(run_dir / "adapter")))
+        summary = build_summary(
+            run_dir,
+            read_metrics(run_dir),
+            algorithm=config.algorithm.name,
+            seed=config.experiment.seed,
+            initial_rewards=initial_rewards,
+            wall_time_s=wall,
+            status=status,
+            reward_names=names,
+        )
+        tracker.log_summary(summary)
+        tracker.close()
+        if status == "completed":
+            make_plots(run_dir)
+            print_report(run_dir, console)
+    return summary
+
+
+def _one_round(
+    config: FirmConfig, round_index: int, cluster: Cluster, console: Console
+) -> dict[str, Any]:
+    fed = config.federation
+    clients = sample_clients(
+        config.experiment.seed, round_index, fed.num_clients, fed.clients_sampled_per_round
+    )
+    for attempt in range(ROUND_RETRIES + 1):
+        round_start = time.perf_counter()
+        payload = cluster.aggregator.global_payload.remote()
+        down = len(ray.get(payload))
+        states = ray.get(cluster.aggregator.states_for.remote(clients))
+        results, failures = _dispatch(config, round_index, clients, payload, states, cluster)
+        wrapped = [[results[c]] for c in sorted(results)]
+        try:
+            server = ray.get(cluster.aggregator.aggregate.remote(round_index, wrapped, failures))
+            break
+        except ray.exceptions.RayTaskError as err:
+            if not isinstance(err.cause, RoundFailed):
+                raise
+            if attempt == ROUND_RETRIES:
+                raise RunError(f"round {round_index} failed: {err.cause}") from None
+            console.print(f"[yellow]round {round_index}: {err.cause}; retrying[/]")
+    evaluation = None
+    eval_seconds = 0.0
+    if (round_index + 1) % fed.eval_every == 0 or round_index == fed.rounds - 1:
+        evaluation = ray.get(
+            cluster.workers[0].evaluate.remote(cluster.aggregator.global_payload.remote())
+        )
+        eval_seconds = evaluation["seconds"]
+    client_metrics = server["client_metrics"]
+    accepted = [str(c) for c in server["accepted"]]
+    timing = {
+        key: sum(client_metrics[c].get(f"time_{key}", 0.0) for c in accepted)
+        for key in ("generate", "score", "forward", "backward", "solve", "step")
+    }
+    round_wall = time.perf_counter() - round_start
+    busiest = _busiest_worker_seconds(client_metrics)
+    timing.update(
+        aggregation=server["aggregation_seconds"],
+        evaluation=eval_seconds,
+        round_wall=round_wall,
+        orchestration_overhead=max(
+            0.0, round_wall - busiest - server["aggregation_seconds"] - eval_seconds
+        ),
+    )
+    train_rewards = [
+        client_metrics[c]["rewards"] for c in accepted if "rewards" in client_metrics[c]
+    ]
+    return {
+        "round": round_index,
+        "rewards": evaluation["rewards"] if evaluation else None,
+        "reward_names": [r.name for r in config.rewards],
+        "rewards_by_category": evaluation["rewards_by_category"] if evaluation else None,
+        "kl": evaluation["kl"] if evaluation else None,
+        "client_lambdas": server["client_lambdas"],
+        "disagreement": server["disagreement"],
+        "param_drift": server["param_drift"],
+        "bytes_up": server["bytes_up"],
+        "bytes_down": {str(c): down for c in clients if c in results},
+        "clients": clients,
+        "failed": failures + server["rejected"],
+        "train_rewards": [sum(col) / len(col) for col in zip(*train_rewards, strict=True)]
+        if train_rewards
+        else None,
+        "server": server["server"],
+        "timing": timing,
+    }
+
+
+def _dispatch(
+    config: FirmConfig,
+    round_index: int,
+    clients: list[int],
+    payload: Any,
+    states: dict[int, dict],
+    cluster: Cluster,
+) -> tuple[dict[int, Any], list[dict[str, Any]]]:
+    """Run the clients on whichever worker is free; returns ({client: result ref}, failures)."""
+    queue = list(clients)
+    running: dict[Any, tuple[int, int]] = {}  # ref -> (client, worker index)
+    free = list(range(len(cluster.workers)))
+    results: dict[int, Any] = {}
+    failures: list[dict[str, Any]] = []
+    deadline = time.perf_counter() + config.federation.round_timeout_s
+    while queue or running:
+        while queue and free:
+            client, worker = queue.pop(0), free.pop(0)
+            ref = cluster.workers[worker].train.remote(
+                client, round_index, payload, states.get(client) or None
+            )
+            running[ref] = (client, worker)
+        remaining = deadline - time.perf_counter()
+        done, _ = ray.wait(list(running), num_returns=1, timeout=max(0.0, remaining))
+        if not done:  # round timeout: everyone still running or queued is late
+            for client, worker in running.values():
+                failures.append({"client": client, "reason": "late (round_timeout_s)"})
+                cluster.restart_worker(worker)
+            failures += [{"client": c, "reason": "late (not started)"} for c in queue]
+            break
+        ref = done[0]
+        client, worker = running.pop(ref)
+        try:
+            ray.get(ref)
+            results[client] = ref
+            free.append(worker)
+        except ray.exceptions.RayActorError as err:
+            failures.append({"client": client, "reason": f"worker died: {err}"[:300]})
+            cluster.restart_worker(worker)
+            free.append(worker)
+        except ray.exceptions.RayTaskError as err:
+            failures.append(
+                {"client": client, "reason": f"{type(err.cause).__name__}: {err.cause}"[:300]}
+            )
+            free.append(worker)
+    return results, failures
+
+
+def _busiest_worker_seconds(client_metrics: dict[str, dict[str, Any]]) -> float:
+    per_worker: dict[float, float] = {}
+    for m in client_metrics.values():
+        per_worker[m.get("worker", 0.0)] = per_worker.get(m.get("worker", 0.0), 0.0) + m.get(
+            "task_seconds", 0.0
+        )
+    return max(per_worker.values(), default=0.0)
+
+
+def _print_round(console: Console, config: FirmConfig, row: dict[str, Any]) -> None:
+    names = row["reward_names"]
+    rewards = row["rewards"]
+    reward_text = (
+        ", ".join(f"{n} {v:.3f}" for n, v in zip(names, rewards, strict=True))
+        if rewards
+        else "(not evaluated)"
+    )
+    lambdas = [v for v in row["client_lambdas"].values() if v]
+    mean_lam = (
+        "[" + ", ".join(f"{sum(c) / len(c):.2f}" for c in zip(*lambdas, strict=True)) + "]"
+        if lambdas
+        else "-"
+    )
+    dis = row["disagreement"]
+    kl = "-" if row["kl"] is None else f"{row['kl']:.3f}"
+    dis_text = "-" if dis is None else f"{dis:.3f}"
+    ok = len(row["clients"]) - len(row["failed"])
+    console.print(
+        f"round {row['round'] + 1}/{config.federation.rounds}: {reward_text} | kl {kl} | "
+        f"mean lambda {mean_lam} | disagreement {dis_text} | drift {row['param_drift']:.4f} | "
+        f"{ok}/{len(row['clients'])} clients | {row['timing']['round_wall']:.1f} s"
+    )
+
+
+__all__ = ["RunError", "run"]

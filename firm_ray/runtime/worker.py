@@ -1,0 +1,155 @@
+"""ClientWorker: the body of a Ray actor that trains any client.
+
+A worker loads the base model, tokenizer, rewards and the prompt partition ONCE, then serves
+tasks (client id, round, global adapter) for whichever client the round loop hands it: clients
+are data plus seeds, not actors, so 1,000 simulated clients run on 2 workers. Nothing a task
+computes depends on the worker that runs it (seeds derive from experiment seed, client, round),
+so results are the same for any number of workers and any scheduling order.
+
+Prompts never leave the worker: only adapters (safetensors bytes) and small metric dicts do.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from firm_ray.config import FirmConfig, config_from_dict
+from firm_ray.data.partition import client_prompts, partition_prompts
+from firm_ray.data.prompts import Prompt
+from firm_ray.data.sources import load_prompts
+from firm_ray.models.adapter import (
+    adapter_from_bytes,
+    adapter_to_bytes,
+    get_adapter_state,
+    save_adapter,
+    set_adapter_state,
+)
+from firm_ray.models.policy import load_policy
+from firm_ray.rewards import build_rewards
+from firm_ray.runtime.wire import WireUpdate, encode_update
+from firm_ray.trainer import LocalTrainer
+from firm_ray.trainer.evaluate import evaluate_policy
+
+
+def client_datasets(config: FirmConfig) -> tuple[list[list[Prompt]], list[Prompt], dict]:
+    """(prompts of every client, eval prompts, partition statistics) for a config.
+
+    Deterministic from the config and seed, so every worker derives the same partition.
+    ``centralized`` is one client holding every training prompt.
+    """
+    splits = load_prompts(config.data, config.experiment.seed)
+    partition = partition_prompts(
+        splits.train,
+        config.federation.num_clients,
+        config.data.partition,
+        config.experiment.seed,
+        category_field_name=config.data.category_field,
+    )
+    clients = [
+        client_prompts(splits.train, partition, i) for i in range(config.federation.num_clients)
+    ]
+    return clients, splits.eval, partition.stats.to_dict()
+
+
+def _quiet_libraries() -> None:
+    """No per-worker download bars or deprecation chatter in the driver's log stream."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+class ClientWorker:
+    """One model replica serving client training and evaluation tasks."""
+
+    def __init__(self, config: dict[str, Any], worker_index: int = 0) -> None:
+        self.config = config_from_dict(config)
+        self.worker_index = worker_index
+        _quiet_libraries()
+        threads = max(1, int(self.config.runtime.num_cpus_per_worker))
+        torch.set_num_threads(threads)  # oversubscribed CPU threads slow torch down 10x
+        cfg = self.config
+        self.policy = load_policy(cfg.model, cfg.lora, seed=cfg.experiment.seed)
+        self.rewards = build_rewards(cfg.rewards)
+        self._initial_reward_states = [r.state_dict() for r in self.rewards]
+        self.clients, self.eval_prompts, self.partition_stats = client_datasets(cfg)
+        self.trainer = LocalTrainer(
+            self.policy,
+            self.rewards,
+            cfg.trainer,
+            cfg.algorithm,
+            cfg.federation.local_steps,
+            max_prompt_tokens=cfg.model.max_prompt_tokens,
+            seed=cfg.experiment.seed,
+        )
+
+    def ready(self) -> dict[str, Any]:
+        """Set-up facts the driver prints and saves (partition statistics, adapter size)."""
+        state = get_adapter_state(self.policy.model)
+        return {
+            "worker": self.worker_index,
+            "adapter_parameters": sum(v.numel() for v in state.values()),
+            "partition": self.partition_stats,
+            "eval_prompts": len(self.eval_prompts),
+        }
+
+    def initial_adapter(self) -> bytes:
+        """theta^0: the seeded LoRA initialization, serialized."""
+        return adapter_to_bytes(get_adapter_state(self.policy.model))
+
+    def train(
+        self,
+        client_id: int,
+        round_index: int,
+        global_payload: bytes,
+        client_state: dict[str, Any] | None = None,
+    ) -> WireUpdate:
+        """Train ``client_id`` for one round from the global adapter; the update, serialized.
+
+        ``client_state`` (kept by the aggregator) restores per-client reward normalization
+        statistics, so the result does not depend on which worker served the client before.
+        """
+        start = time.perf_counter()
+        state = client_state or {}
+        for reward, initial in zip(self.rewards, self._initial_reward_states, strict=True):
+            reward.load_state_dict(state.get(reward.name, initial))
+        update = self.trainer.run_round(
+            adapter_from_bytes(global_payload),
+            self.clients[client_id],
+            client_id=client_id,
+            round_index=round_index,
+        )
+        update.client_state = {r.name: r.state_dict() for r in self.rewards if r.state_dict()}
+        update.metrics["task_seconds"] = time.perf_counter() - start
+        update.metrics["worker"] = float(self.worker_index)
+        return encode_update(update)
+
+    def evaluate(self, global_payload: bytes) -> dict[str, Any]:
+        """Rewards and KL of the global policy on the held-out prompts."""
+        cfg = self.config
+        set_adapter_state(self.policy.model, adapter_from_bytes(global_payload))
+        start = time.perf_counter()
+        result = evaluate_policy(
+            self.policy,
+            self.rewards,
+            self.eval_prompts,
+            samples_per_prompt=2,
+            max_new_tokens=cfg.trainer.max_new_tokens,
+            temperature=cfg.trainer.temperature,
+            top_p=cfg.trainer.top_p,
+            seed=cfg.experiment.seed,
+        )
+        result["seconds"] = time.perf_counter() - start
+        return result
+
+    def save_adapter(self, global_payload: bytes, directory: str) -> str:
+        """Write the adapter as a PEFT directory (``PeftModel.from_pretrained`` loads it)."""
+        set_adapter_state(self.policy.model, adapter_from_bytes(global_payload))
+        return str(save_adapter(self.policy.model, Path(directory)))

@@ -1,0 +1,49 @@
+"""Run tracking: where metrics go (trackers) and what a run directory holds (report).
+
+- :mod:`firm_ray.tracking.jsonl`: the :class:`Tracker` protocol; :class:`JsonlTracker` (the run
+  directory's files, crash-safe), :class:`NullTracker`, :class:`MultiTracker`; readers.
+- :mod:`firm_ray.tracking.report`: the artifact schema, ``build_summary``, ``make_plots``,
+  ``summary_table`` / ``print_report``.
+
+W&B is imported lazily by its own tracker, never here.
+"""
+
+from firm_ray.tracking.jsonl import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    JsonlTracker,
+    MultiTracker,
+    NullTracker,
+    Tracker,
+    read_metrics,
+    read_summary,
+)
+from firm_ray.tracking.report import (
+    METRICS_KEYS,
+    SUMMARY_KEYS,
+    build_summary,
+    load_summary,
+    make_plots,
+    print_report,
+    summary_table,
+)
+
+__all__ = [
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "METRICS_KEYS",
+    "SUMMARY_FILE",
+    "SUMMARY_KEYS",
+    "JsonlTracker",
+    "MultiTracker",
+    "NullTracker",
+    "Tracker",
+    "build_summary",
+    "load_summary",
+    "make_plots",
+    "print_report",
+    "read_metrics",
+    "read_summary",
+    "summary_table",
+]
