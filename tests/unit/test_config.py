@@ -95,7 +95,7 @@ def test_quickstart_contents():
     assert (fed.num_clients, fed.clients_per_round, fed.rounds, fed.local_steps) == (8, 0.5, 5, 4)
     assert cfg.runtime.num_workers == 2
     assert (cfg.data.partition.scheme, cfg.data.partition.alpha) == ("dirichlet", 0.3)
-    assert cfg.trainer.learning_rate == 5e-4
+    assert cfg.trainer.learning_rate == 5e-3
     # written out in full: every section and every field is present in the file
     raw = yaml.safe_load(text)
     assert list(raw) == list(FirmConfig.model_fields)
