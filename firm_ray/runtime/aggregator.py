@@ -51,6 +51,10 @@ class Aggregator:
         assert self.state is not None, "no global adapter yet"
         return adapter_to_bytes(self.state)
 
+    def rss_mb(self) -> float:
+        """Resident memory of the aggregator process (it must stay flat over rounds)."""
+        return process_rss_mb()
+
     def states_for(self, client_ids: list[int]) -> dict[int, dict]:
         return {c: self.client_states.get(c, {}) for c in client_ids}
 
@@ -155,6 +159,12 @@ class Aggregator:
         self.state = {k: loaded[k] for k in order}
         self.client_states = {int(k): v for k, v in info.get("client_states", {}).items()}
         return info
+
+
+def process_rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -31,7 +31,7 @@ from rich.console import Console
 
 from firm_ray.config import FirmConfig, load_config, save_config
 from firm_ray.federation import RoundFailed, sample_clients
-from firm_ray.runtime.aggregator import Aggregator, latest_checkpoint
+from firm_ray.runtime.aggregator import Aggregator, process_rss_mb, latest_checkpoint
 from firm_ray.runtime.worker import ClientWorker
 from firm_ray.tracking.jsonl import JsonlTracker, read_metrics
 from firm_ray.tracking.report import build_summary, make_plots, print_report
@@ -81,11 +81,16 @@ class Cluster:
 
 
 def run(
-    config: FirmConfig | None, resume: str | Path | None = None, console: Console | None = None
+    config: FirmConfig | None,
+    resume: str | Path | None = None,
+    console: Console | None = None,
+    worker_cls: type = ClientWorker,
 ) -> dict[str, Any]:
     """Run one federated experiment end to end; returns summary.json's content.
 
     With ``resume`` (a run directory) the run's own config.yaml is used and ``config`` ignored.
+    ``worker_cls`` is the actor body serving client tasks (ClientWorker; bench/runtime.py
+    passes a calibrated synthetic workload with the same methods to time the orchestration).
     """
     console = console or Console()
     start_time = time.perf_counter()
@@ -103,7 +108,7 @@ def run(
         save_config(config, run_dir / "config.yaml")
     console.print(f"[bold]firm-ray[/] {config.algorithm.name} -> {run_dir}")
 
-    cluster = _start_cluster(config, run_dir, console)
+    cluster = _start_cluster(config, run_dir, console, worker_cls)
     try:
         return _run_rounds(config, run_dir, checkpoint, cluster, console, start_time)
     finally:
@@ -139,7 +144,9 @@ def _init_ray(config: FirmConfig) -> bool:
     return True
 
 
-def _start_cluster(config: FirmConfig, run_dir: Path, console: Console) -> Cluster:
+def _start_cluster(
+    config: FirmConfig, run_dir: Path, console: Console, worker_body: type = ClientWorker
+) -> Cluster:
     started = _init_ray(config)
     runtime = config.runtime
     bundle = {"CPU": runtime.num_cpus_per_worker}
@@ -157,7 +164,7 @@ def _start_cluster(config: FirmConfig, run_dir: Path, console: Console) -> Clust
                 "Lower runtime.num_workers / num_cpus_per_worker / num_gpus_per_worker."
             )
     config_dict = config.model_dump(mode="json")
-    worker_cls = ray.remote(ClientWorker)
+    worker_cls = ray.remote(worker_body)
     cluster = Cluster(
         workers=[],
         aggregator=ray.remote(Aggregator).options(num_cpus=0).remote(config_dict, str(run_dir)),
@@ -322,6 +329,10 @@ def _one_round(
         else None,
         "server": server["server"],
         "timing": timing,
+        "memory": {
+            "driverprocess_rss_mb": process_rss_mb(),
+            "aggregatorprocess_rss_mb": ray.get(cluster.aggregator.rss_mb.remote()),
+        },
     }
 
 
