@@ -31,7 +31,7 @@ from rich.console import Console
 
 from firm_ray.config import FirmConfig, load_config, save_config
 from firm_ray.federation import RoundFailed, sample_clients
-from firm_ray.runtime.aggregator import Aggregator, process_rss_mb, latest_checkpoint
+from firm_ray.runtime.aggregator import Aggregator, latest_checkpoint, process_rss_mb
 from firm_ray.runtime.worker import ClientWorker
 from firm_ray.tracking.jsonl import JsonlTracker, read_metrics
 from firm_ray.tracking.report import build_summary, make_plots, print_report
