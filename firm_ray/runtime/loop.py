@@ -26,7 +26,10 @@ from typing import Any
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
 from rich.console import Console
 
 from firm_ray.config import FirmConfig, load_config, save_config
@@ -91,6 +94,8 @@ def run(
     With ``resume`` (a run directory) the run's own config.yaml is used and ``config`` ignored.
     ``worker_cls`` is the actor body serving client tasks (ClientWorker; bench/runtime.py
     passes a calibrated synthetic workload with the same methods to time the orchestration).
+    Every artifact is written on the driver's node (the aggregator is pinned there; the final
+    adapter's files come back from a worker), so a multi-node run needs no shared storage.
     """
     console = console or Console()
     start_time = time.perf_counter()
@@ -167,7 +172,15 @@ def _start_cluster(
     worker_cls = ray.remote(worker_body)
     cluster = Cluster(
         workers=[],
-        aggregator=ray.remote(Aggregator).options(num_cpus=0).remote(config_dict, str(run_dir)),
+        # the aggregator writes checkpoints into the run directory: keep it on the driver's node
+        aggregator=ray.remote(Aggregator)
+        .options(
+            num_cpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False
+            ),
+        )
+        .remote(config_dict, str(run_dir)),
         group=group,
         started_ray=started,
         worker_cls=worker_cls,
@@ -242,8 +255,10 @@ def _run_rounds(
     finally:
         wall = elapsed_before + time.perf_counter() - start_time
         if status == "completed":
-            payload = agg.global_payload.remote()
-            ray.get(cluster.workers[0].save_adapter.remote(payload, str(run_dir / "adapter")))
+            files = ray.get(cluster.workers[0].adapter_files.remote(agg.global_payload.remote()))
+            (run_dir / "adapter").mkdir(exist_ok=True)
+            for name, content in files.items():
+                (run_dir / "adapter" / name).write_bytes(content)
         summary = build_summary(
             run_dir,
             read_metrics(run_dir),

@@ -11,6 +11,7 @@ Prompts never leave the worker: only adapters (safetensors bytes) and small metr
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ class ClientWorker:
         torch.set_num_threads(threads)  # oversubscribed CPU threads slow torch down 10x
         cfg = self.config
         self.policy = load_policy(cfg.model, cfg.lora, seed=cfg.experiment.seed)
-        self.rewards = build_rewards(cfg.rewards)
+        self.rewards = build_rewards(cfg.rewards, device=str(self.policy.device))
         self._initial_reward_states = [r.state_dict() for r in self.rewards]
         self.clients, self.eval_prompts, self.partition_stats = client_datasets(cfg)
         self.trainer = LocalTrainer(
@@ -149,7 +150,10 @@ class ClientWorker:
         result["seconds"] = time.perf_counter() - start
         return result
 
-    def save_adapter(self, global_payload: bytes, directory: str) -> str:
-        """Write the adapter as a PEFT directory (``PeftModel.from_pretrained`` loads it)."""
+    def adapter_files(self, global_payload: bytes) -> dict[str, bytes]:
+        """The PEFT directory of an adapter as {file name: bytes}, so the driver writes it on
+        its own node (``PeftModel.from_pretrained`` loads the directory)."""
         set_adapter_state(self.policy.model, adapter_from_bytes(global_payload))
-        return str(save_adapter(self.policy.model, Path(directory)))
+        with tempfile.TemporaryDirectory() as tmp:
+            save_adapter(self.policy.model, Path(tmp))
+            return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
