@@ -102,26 +102,25 @@ def test_ray_job_submit_quickstart(ray_head, tmp_path) -> None:
     command = ["python", "-m", "firm_ray", "run", "tune_configs/quickstart.yaml"]
     for item in overrides:
         command += ["--set", item]
-    submit = subprocess.run(
-        [
-            RAY,
-            "job",
-            "submit",
-            "--address",
-            address,
-            "--working-dir",
-            str(REPO),
-            "--submission-id",
-            job_id,
-            "--no-wait",
-            "--",
-            *command,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    submit_cmd = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+        "--submission-id",
+        job_id,
+        "--no-wait",
+        "--",
+        *command,
+    ]
+    for _ in range(30):  # the head answers before its job agent is up: bounded retry
+        submit = subprocess.run(submit_cmd, env=env, capture_output=True, text=True, cwd=REPO)
+        if "No available agent" not in submit.stdout + submit.stderr:
+            break
+        time.sleep(2)
     assert submit.returncode == 0, submit.stdout + submit.stderr
     deadline = time.time() + 600
     status = ""
