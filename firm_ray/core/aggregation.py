@@ -18,7 +18,9 @@ from torch import Tensor
 
 __all__ = [
     "StreamingAverage",
+    "all_finite",
     "apply_delta",
+    "first_non_finite",
     "flatten_state",
     "server_update",
     "state_delta",
@@ -56,6 +58,25 @@ def _check_same_layout(reference: StateDict, other: StateDict, what: str) -> Non
             )
 
 
+def all_finite(tensor: Tensor) -> bool:
+    """True when no entry is NaN or inf.
+
+    Fast path: any NaN/inf entry makes the sum NaN/inf, so a finite sum proves every entry
+    finite (one reduction instead of a boolean tensor as large as the input); only a sum that
+    overflowed with finite entries takes the full check.
+    """
+    if not tensor.is_floating_point():
+        return True
+    if math.isfinite(float(tensor.sum(dtype=torch.float64))):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
+def first_non_finite(state: StateDict) -> str | None:
+    """Name of the first tensor with a NaN or inf entry, or None."""
+    return next((name for name, t in state.items() if not all_finite(t)), None)
+
+
 def _check_tensors(state: StateDict, what: str) -> None:
     """Reject non-tensor, non-floating and non-finite entries; one bad client poisons the mean."""
     for name, tensor in state.items():
@@ -63,7 +84,7 @@ def _check_tensors(state: StateDict, what: str) -> None:
             raise ValueError(f"{what}: {name!r} is a {type(tensor).__name__}, not a Tensor")
         if not tensor.is_floating_point():
             raise ValueError(f"{what}: {name!r} has non-floating dtype {tensor.dtype}")
-        if not bool(torch.isfinite(tensor).all()):
+        if not all_finite(tensor):
             raise ValueError(f"{what}: {name!r} contains NaN or Inf values")
 
 
@@ -237,12 +258,13 @@ def state_norm(state: StateDict) -> float:
 
 
 def state_distance(a: StateDict, b: StateDict) -> float:
-    """Global L2 distance ||a - b|| over all tensors, one tensor-sized temporary at a time."""
+    """Global L2 distance ||a - b|| over all tensors, one tensor-sized temporary at a time
+    (differences in the inputs' precision, squared norms summed in float64)."""
     _check_same_layout(a, b, "b")
     total = 0.0
     with torch.no_grad():
         for name, x in a.items():
-            diff = x.detach().to(dtype=torch.float64, copy=True)
-            diff.sub_(b[name].detach().to(device=x.device, dtype=torch.float64))
+            work = _work_dtype(x.dtype, b[name].dtype)
+            diff = x.detach().to(dtype=work) - b[name].detach().to(device=x.device, dtype=work)
             total += _sq_norm(diff)
     return math.sqrt(total)

@@ -26,7 +26,12 @@ import torch
 
 from firm_ray.config import FirmConfig
 from firm_ray.core import firm_weights
-from firm_ray.core.aggregation import StreamingAverage, apply_delta, server_update
+from firm_ray.core.aggregation import (
+    StreamingAverage,
+    apply_delta,
+    first_non_finite,
+    server_update,
+)
 from firm_ray.types import AdapterState, ClientUpdate
 
 
@@ -84,8 +89,8 @@ class Strategy:
             return "no payload"
         if update.num_samples <= 0:
             return f"num_samples = {update.num_samples}"
-        bad = [k for k, v in payload.items() if not torch.isfinite(v).all()]
-        return f"non-finite tensor {bad[0]!r}" if bad else ""
+        bad = first_non_finite(payload)
+        return f"non-finite tensor {bad!r}" if bad else ""
 
     def _enough(self, accepted: list[int], rejected: list[dict], failures: list[dict]) -> None:
         if len(accepted) < self.min_clients:
@@ -137,8 +142,8 @@ class FmgdaStrategy(Strategy):
             deltas = update.objective_deltas
             reason = self._check(update, deltas[0] if deltas else None)
             if not reason and deltas is not None:
-                bad = [k for d in deltas for k, v in d.items() if not torch.isfinite(v).all()]
-                reason = f"non-finite delta tensor {bad[0]!r}" if bad else ""
+                bad = next(filter(None, (first_non_finite(d) for d in deltas)), None)
+                reason = f"non-finite delta tensor {bad!r}" if bad else ""
             if reason:
                 rejected.append({"client": update.client_id, "reason": reason})
                 continue

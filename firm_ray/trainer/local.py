@@ -38,7 +38,7 @@ import torch
 
 from firm_ray.config import AlgorithmConfig, TrainerConfig
 from firm_ray.core import effective_beta, firm_weights
-from firm_ray.core.aggregation import state_delta
+from firm_ray.core.aggregation import first_non_finite, state_delta
 from firm_ray.core.gradients import ObjectiveGradients, gradient_scales, losses_from_terms
 from firm_ray.data.prompts import Prompt
 from firm_ray.models.adapter import get_adapter_state, set_adapter_state
@@ -108,14 +108,14 @@ class LocalTrainer:
         """Start from ``global_adapter``, train locally, return the update (adapter or deltas)."""
         if not prompts:
             raise ValueError(f"client {client_id} has no prompts")
-        bad = [k for k, v in global_adapter.items() if not torch.isfinite(v).all()]
+        bad = first_non_finite(global_adapter)
         if bad:  # nothing sensible can be sampled from it; refuse rather than crash mid-step
             return ClientUpdate(
                 client_id=client_id,
                 round=round_index,
                 num_samples=len(prompts),
                 valid=False,
-                reason=f"received a non-finite global adapter ({bad[0]!r}); not trained",
+                reason=f"received a non-finite global adapter ({bad!r}); not trained",
             )
         if self.algorithm.name == "fmgda":
             return self._run_fmgda(global_adapter, prompts, client_id, round_index)
@@ -158,7 +158,7 @@ class LocalTrainer:
         deltas: list[AdapterState] | None = None,
     ) -> ClientUpdate:
         tensors = [adapter] if adapter is not None else deltas or []
-        bad = [k for state in tensors for k, v in state.items() if not torch.isfinite(v).all()]
+        bad = [k for k in map(first_non_finite, tensors) if k]
         return ClientUpdate(
             client_id=client_id,
             round=round_index,
