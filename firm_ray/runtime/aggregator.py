@@ -62,20 +62,21 @@ class Aggregator:
     def aggregate(
         self, round_index: int, wrapped_refs: list[list[Any]], failures: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        """Aggregate the updates behind ``wrapped_refs`` ([[ref], ...], sorted by client id).
+        """Aggregate the updates behind ``wrapped_refs`` ([[header ref, payloads ref], ...],
+        sorted by client id; wrapped in lists so Ray hands over references, not values).
 
         Returns the round's server metrics; raises RoundFailed (global state unchanged) when
         fewer than ``min_clients`` usable updates remain.
         """
         start = time.perf_counter()
-        refs = [w[0] for w in wrapped_refs]
+        refs = [(w[0], w[1]) for w in wrapped_refs]
         assert self.state is not None
         headers: list[ClientUpdate] = []
         bytes_up: dict[str, int] = {}
 
         def stream() -> Iterator[ClientUpdate]:
             for ref in refs:
-                wire = ray.get(ref)
+                wire = tuple(ray.get(list(ref)))
                 bytes_up[str(wire[0].client_id)] = payload_bytes(wire)
                 update = decode_update(wire, self.fmgda)
                 headers.append(wire[0])
@@ -112,10 +113,9 @@ class Aggregator:
         assert self.state is not None
         distances = []
         for ref in refs:
-            wire = ray.get(ref)
-            if wire[0].client_id not in accepted:
+            if ray.get(ref[0]).client_id not in accepted:
                 continue
-            update = decode_update(wire, self.fmgda)
+            update = decode_update(tuple(ray.get(list(ref))), self.fmgda)
             if self.fmgda:
                 deltas = update.objective_deltas or []
                 local = {k: previous[k] + sum(d[k] for d in deltas) / len(deltas) for k in previous}

@@ -41,6 +41,7 @@ from firm_ray.tracking.report import build_summary, make_plots, print_report
 
 PLACEMENT_TIMEOUT_S = 60.0
 ROUND_RETRIES = 1
+TASKS_IN_FLIGHT = 2  # per worker: one running, one queued in the actor
 
 
 class RunError(RuntimeError):
@@ -290,7 +291,7 @@ def _one_round(
         down = len(ray.get(payload))
         states = ray.get(cluster.aggregator.states_for.remote(clients))
         results, failures = _dispatch(config, round_index, clients, payload, states, cluster)
-        wrapped = [[results[c]] for c in sorted(results)]
+        wrapped = [results[c] for c in sorted(results)]
         try:
             server = ray.get(cluster.aggregator.aggregate.remote(round_index, wrapped, failures))
             break
@@ -358,44 +359,53 @@ def _dispatch(
     payload: Any,
     states: dict[int, dict],
     cluster: Cluster,
-) -> tuple[dict[int, Any], list[dict[str, Any]]]:
-    """Run the clients on whichever worker is free; returns ({client: result ref}, failures)."""
+) -> tuple[dict[int, list[Any]], list[dict[str, Any]]]:
+    """Run the clients on whichever worker is free.
+
+    Returns ({client: [header ref, payloads ref]}, failures). Each worker holds up to
+    ``TASKS_IN_FLIGHT`` tasks (the next one waits in the actor's queue, so there is no gap
+    between tasks), and the driver only fetches the small header of a finished task: the
+    adapter payload goes from the worker to the aggregator without passing through here.
+    """
     queue = list(clients)
-    running: dict[Any, tuple[int, int]] = {}  # ref -> (client, worker index)
-    free = list(range(len(cluster.workers)))
-    results: dict[int, Any] = {}
+    running: dict[Any, tuple[int, int, Any]] = {}  # header ref -> (client, worker, payloads ref)
+    slots = [w for _ in range(TASKS_IN_FLIGHT) for w in range(len(cluster.workers))]
+    results: dict[int, list[Any]] = {}
     failures: list[dict[str, Any]] = []
     deadline = time.perf_counter() + config.federation.round_timeout_s
     while queue or running:
-        while queue and free:
-            client, worker = queue.pop(0), free.pop(0)
-            ref = cluster.workers[worker].train.remote(
-                client, round_index, payload, states.get(client) or None
+        while queue and slots:
+            client, worker = queue.pop(0), slots.pop(0)
+            header, payloads = (
+                cluster.workers[worker]
+                .train.options(num_returns=2)
+                .remote(client, round_index, payload, states.get(client) or None)
             )
-            running[ref] = (client, worker)
+            running[header] = (client, worker, payloads)
         remaining = deadline - time.perf_counter()
         done, _ = ray.wait(list(running), num_returns=1, timeout=max(0.0, remaining))
         if not done:  # round timeout: everyone still running or queued is late
-            for client, worker in running.values():
+            for client, _, _ in running.values():
                 failures.append({"client": client, "reason": "late (round_timeout_s)"})
+            for worker in sorted({w for _, w, _ in running.values()}):
                 cluster.restart_worker(worker)
             failures += [{"client": c, "reason": "late (not started)"} for c in queue]
             break
-        ref = done[0]
-        client, worker = running.pop(ref)
+        client, worker, payloads = running.pop(done[0])
         try:
-            ray.get(ref)
-            results[client] = ref
-            free.append(worker)
+            ray.get(done[0])
+            results[client] = [done[0], payloads]
+            slots.append(worker)
         except ray.exceptions.RayActorError as err:
             failures.append({"client": client, "reason": f"worker died: {err}"[:300]})
-            cluster.restart_worker(worker)
-            free.append(worker)
+            if worker not in slots:
+                cluster.restart_worker(worker)
+            slots.append(worker)
         except ray.exceptions.RayTaskError as err:
             failures.append(
                 {"client": client, "reason": f"{type(err.cause).__name__}: {err.cause}"[:300]}
             )
-            free.append(worker)
+            slots.append(worker)
     return results, failures
 
 
