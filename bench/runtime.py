@@ -9,7 +9,11 @@
     python bench/runtime.py --out /tmp/runtime.json --flower-venv /tmp/firm_ray_flower_venv
     python bench/runtime.py --memory-rounds 100     # a longer flatness check for (4)
 
-Take numbers on an otherwise idle machine (2 cores here: the two workers use both).
+Take numbers on an otherwise idle machine (2 cores here: the two workers use both). Before each
+part the bench waits until other processes use < 15% CPU (--no-wait-idle skips that), and an
+overhead run (ours or Flower's) with a steady round whose tasks ran > 35% slower than calibrated
+(another process took a core) is run again, up to --retries times; the least disturbed attempt
+is reported. Rounds with tasks > 15% slower than calibrated are marked in the table.
 
 (1) Orchestration overhead of ``firm_ray.runtime.loop.run`` with ``SyntheticWorker`` (below) as
     the actor body: every client task decodes the global adapter (safetensors bytes of one
@@ -522,7 +526,13 @@ def ensure_flower_venv(venv: Path, console: Console) -> tuple[Path | None, str]:
 
 
 def run_flower(
-    venv: Path, ours: list[dict[str, Any]], rounds: int, out_dir: Path, console: Console
+    venv: Path,
+    ours: list[dict[str, Any]],
+    rounds: int,
+    out_dir: Path,
+    console: Console,
+    retries: int = 2,
+    wait_idle: bool = True,
 ) -> dict[str, Any]:
     """bench/flower_sim.py once per N, with the mean iteration count of our workers in the run
     of the same N; the ideal uses OUR workers' calibrated seconds per iteration times Flower's
@@ -553,14 +563,24 @@ def run_flower(
             str(out),
         ]
         merged["commands"].append(" ".join(cmd))
-        with console.status(f"Flower simulation, N = {n}"):
-            done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=out_dir)
-        if done.returncode != 0 or not out.exists():
-            merged["errors"].append(
-                {"n": n, "error": f"flower_sim.py rc {done.returncode}: {done.stderr[-1500:]}"}
-            )
+        result = None
+        for attempt in range(1 + retries):
+            wait_for_idle(console, wait_idle)
+            with console.status(f"Flower simulation, N = {n}"):
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=out_dir)
+            if done.returncode != 0 or not out.exists():
+                merged["errors"].append(
+                    {"n": n, "error": f"flower_sim.py rc {done.returncode}: {done.stderr[-1500:]}"}
+                )
+                break
+            result = json.loads(out.read_text())
+            runs = result["runs"]
+            bad = disturbed_rounds(runs[0]["compute_mean_s"][1:], per_iter * iters) if runs else []
+            if not bad:
+                break
+            console.print(f"Flower N={n} (attempt {attempt + 1}): disturbed rounds {bad}")
+        if result is None:
             continue
-        result = json.loads(out.read_text())
         merged["versions"] = result["versions"]
         merged["errors"] += result["errors"]
         for run in result["runs"]:
@@ -705,8 +725,13 @@ def aggregator_inprocess(count: int, reps: int = 3) -> dict[str, Any]:
             adapter={"lora": base + 1e-3 * i},
             metrics={"lambda": [0.5, 0.5]},
         )
-        refs.append([ray_put(encode_update(update))])
-    aggregator.aggregate(0, refs, [])
+        header, payloads = encode_update(update)
+        refs.append([ray_put(header), ray_put(payloads)])  # as _dispatch hands them over
+    try:
+        aggregator.aggregate(0, refs, [])
+    except (TypeError, IndexError, AttributeError):  # an Aggregator taking [[WireUpdate ref]]
+        refs = [[ray_put((ray_get(h), ray_get(p)))] for h, p in refs]
+        aggregator.aggregate(0, refs, [])
     times = []
     for _ in range(reps):
         start = time.perf_counter()
@@ -758,6 +783,12 @@ def ray_put(value: Any) -> Any:
     import ray
 
     return ray.put(value)
+
+
+def ray_get(ref: Any) -> Any:
+    import ray
+
+    return ray.get(ref)
 
 
 # ------------------------------------------------------------------------- (4) memory
@@ -887,6 +918,14 @@ def fmt(value: Any, digits: int = 2) -> str:
 
 def verdict(ok: bool) -> str:
     return "[green]met[/]" if ok else "[red]NOT met[/]"
+
+
+DISTURBED = 1.35  # tasks this much slower than calibrated: another process took the CPU
+
+
+def disturbed_rounds(in_client_s: list[float], task_s: float) -> list[int]:
+    """Steady rounds (1-based from round 1) whose tasks ran > 35% slower than calibrated."""
+    return [i + 1 for i, x in enumerate(in_client_s) if x > DISTURBED * task_s]
 
 
 def noisy(in_client_s: float, task_s: float) -> str:
@@ -1125,6 +1164,20 @@ def quickstart_table(q: dict[str, Any]) -> Table:
 
 
 # ------------------------------------------------------------------------- main
+def git_state() -> str:
+    """The checkout's commit, with '+dirty' when firm_ray/ has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "firm_ray"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head}{'+dirty' if dirty else ''}" or "unknown"
+
+
 def wait_for_idle(console: Console, enabled: bool, limit_s: float = 600.0) -> float:
     """Wait (up to ``limit_s``) until the machine's CPU use over 2 s is below 15%: other
     sessions' tests on the same 2 cores would show up as our overhead. Returns the last
@@ -1153,6 +1206,13 @@ def main() -> None:
     parser.add_argument("--memory-rounds", type=int, default=20)
     parser.add_argument("--keep-work", action="store_true", help="keep the runs' directories")
     parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="runs again (up to this many times) an overhead run with disturbed rounds "
+        "(tasks > 35%% slower than calibrated); the least disturbed attempt is reported",
+    )
+    parser.add_argument(
         "--no-wait-idle",
         dest="wait_idle",
         action="store_false",
@@ -1174,7 +1234,10 @@ def main() -> None:
     console.print(
         f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores)"
     )
+    commit = git_state()
+    console.print(f"firm_ray at {commit}")
     result: dict[str, Any] = {
+        "firm_ray_commit": commit,
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -1209,14 +1272,32 @@ def main() -> None:
             raw_mem = run_synthetic("memory_1000", work, 1000, 0.01, args.memory_rounds, 0.01)
         memory = analyse_memory(raw_mem)
         for n in args.clients:
-            idle[f"ours_n{n}"] = wait_for_idle(console, args.wait_idle)
-            with console.status(f"firm_ray synthetic run, N = {n}"):
-                raw = run_synthetic(f"overhead_n{n}", work, n, 1.0, rounds, 0.05)
-            ours.append(analyse_overhead(raw))
-            console.print(
-                f"firm_ray N={n}: steady overhead/client "
-                f"{ours[-1]['steady_overhead_per_client_ms']:.1f} ms"
-            )
+            attempts = []
+            for attempt in range(1 + args.retries):
+                idle[f"ours_n{n}_{attempt}"] = wait_for_idle(console, args.wait_idle)
+                with console.status(f"firm_ray synthetic run, N = {n}"):
+                    raw = run_synthetic(f"overhead_n{n}_{attempt}", work, n, 1.0, rounds, 0.05)
+                res = analyse_overhead(raw)
+                bad = disturbed_rounds(
+                    [r["in_client_ms"] / 1000 for r in res["rounds"][1:]], res["task_s"]
+                )
+                attempts.append((len(bad), attempt, res))
+                console.print(
+                    f"firm_ray N={n} (attempt {attempt + 1}): steady overhead/client "
+                    f"{res['steady_overhead_per_client_ms']:.1f} ms"
+                    + (f"; disturbed rounds {bad}, running again" if bad else "")
+                )
+                if not bad:
+                    break
+            best = min(attempts, key=lambda a: (a[0], a[1]))[2]
+            best["attempts"] = [
+                {
+                    "disturbed": a[0],
+                    "steady_overhead_per_client_ms": a[2]["steady_overhead_per_client_ms"],
+                }
+                for a in attempts
+            ]
+            ours.append(best)
         with console.status("Aggregator.aggregate in-process"):
             result["aggregator_inprocess"] = aggregator_inprocess(100)
     finally:
@@ -1231,8 +1312,9 @@ def main() -> None:
     if args.skip_flower:
         flower: dict[str, Any] = {"skipped": "--skip-flower"}
     else:
-        idle["flower"] = wait_for_idle(console, args.wait_idle)
-        flower = run_flower(Path(args.flower_venv), ours, rounds, work, console)
+        flower = run_flower(
+            Path(args.flower_venv), ours, rounds, work, console, args.retries, args.wait_idle
+        )
     result["flower"] = flower
 
     if args.skip_quickstart:
