@@ -67,7 +67,8 @@ def all_finite(tensor: Tensor) -> bool:
     """
     if not tensor.is_floating_point():
         return True
-    if math.isfinite(float(tensor.sum(dtype=torch.float64))):
+    wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+    if math.isfinite(float(tensor.sum(dtype=wide))):
         return True
     return bool(torch.isfinite(tensor).all())
 

@@ -141,6 +141,7 @@ def _init_ray(config: FirmConfig) -> bool:
         ray.init(address=address, log_to_driver=True)
         return True
     ray.init(
+        address="local",  # never attach to some other `ray start` cluster on this machine
         _node_ip_address="127.0.0.1",
         include_dashboard=config.runtime.dashboard,
         dashboard_host="127.0.0.1",
