@@ -4,6 +4,8 @@
   directory's files, crash-safe), :class:`NullTracker`, :class:`MultiTracker`; readers.
 - :mod:`firm_ray.tracking.report`: the artifact schema, ``build_summary``, ``make_plots``,
   ``summary_table`` / ``print_report``.
+- :mod:`firm_ray.tracking.sweep_report`: a sweep directory's trial table, Pareto front and
+  plots (``collect_trials``, ``build_sweep_report``, ``print_sweep_report``).
 
 W&B is imported lazily by its own tracker, never here.
 """
@@ -28,21 +30,35 @@ from firm_ray.tracking.report import (
     print_report,
     summary_table,
 )
+from firm_ray.tracking.sweep_report import (
+    PARETO_KEYS,
+    TRIAL_COLUMNS,
+    build_sweep_report,
+    collect_trials,
+    is_sweep_dir,
+    print_sweep_report,
+)
 
 __all__ = [
     "CONFIG_FILE",
     "METRICS_FILE",
     "METRICS_KEYS",
+    "PARETO_KEYS",
     "SUMMARY_FILE",
     "SUMMARY_KEYS",
+    "TRIAL_COLUMNS",
     "JsonlTracker",
     "MultiTracker",
     "NullTracker",
     "Tracker",
     "build_summary",
+    "build_sweep_report",
+    "collect_trials",
+    "is_sweep_dir",
     "load_summary",
     "make_plots",
     "print_report",
+    "print_sweep_report",
     "read_metrics",
     "read_summary",
     "summary_table",
