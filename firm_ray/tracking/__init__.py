@@ -6,6 +6,8 @@
   ``summary_table`` / ``print_report``.
 - :mod:`firm_ray.tracking.sweep_report`: a sweep directory's trial table, Pareto front and
   plots (``collect_trials``, ``build_sweep_report``, ``print_sweep_report``).
+- :mod:`firm_ray.tracking.wandb_tracker`: ``make_tracker`` (metrics.jsonl, plus W&B when
+  enabled), ``WandbTracker``, ``log_sweep_summary``, ``read_offline_run``.
 
 W&B is imported lazily by its own tracker, never here.
 """
@@ -38,6 +40,7 @@ from firm_ray.tracking.sweep_report import (
     is_sweep_dir,
     print_sweep_report,
 )
+from firm_ray.tracking.wandb_tracker import make_tracker
 
 __all__ = [
     "CONFIG_FILE",
@@ -57,6 +60,7 @@ __all__ = [
     "is_sweep_dir",
     "load_summary",
     "make_plots",
+    "make_tracker",
     "print_report",
     "print_sweep_report",
     "read_metrics",
