@@ -78,14 +78,15 @@ def first_non_finite(state: StateDict) -> str | None:
     return next((name for name, t in state.items() if not all_finite(t)), None)
 
 
-def _check_tensors(state: StateDict, what: str) -> None:
-    """Reject non-tensor, non-floating and non-finite entries; one bad client poisons the mean."""
+def _check_tensors(state: StateDict, what: str, check_finite: bool = True) -> None:
+    """Reject non-tensor, non-floating and (unless the caller has already checked them)
+    non-finite entries; one bad client poisons the mean."""
     for name, tensor in state.items():
         if not isinstance(tensor, Tensor):
             raise ValueError(f"{what}: {name!r} is a {type(tensor).__name__}, not a Tensor")
         if not tensor.is_floating_point():
             raise ValueError(f"{what}: {name!r} has non-floating dtype {tensor.dtype}")
-        if not all_finite(tensor):
+        if check_finite and not all_finite(tensor):
             raise ValueError(f"{what}: {name!r} contains NaN or Inf values")
 
 
@@ -99,7 +100,8 @@ class StreamingAverage:
     back to the dtype of the first state's tensors.
 
     Every added state is validated completely before any accumulator changes, so a rejected
-    client leaves the average untouched.
+    client leaves the average untouched. Added tensors are only read, never modified: they may
+    be views of read-only buffers (an update in Ray's object store).
     """
 
     def __init__(self) -> None:
@@ -119,8 +121,13 @@ class StreamingAverage:
         """Sum of the weights added so far."""
         return self._total_weight
 
-    def add(self, state: StateDict, weight: float) -> None:
-        """Fold `state` into the mean with `weight` (> 0 and finite, e.g. a client's data size)."""
+    def add(self, state: StateDict, weight: float, *, check_finite: bool = True) -> None:
+        """Fold `state` into the mean with `weight` (> 0 and finite, e.g. a client's data size).
+
+        ``check_finite=False`` skips the NaN/inf scan (one pass over the state) for a caller
+        that has just run it (the strategies check every update once, to name the bad tensor
+        in the round's log); layout, type and dtype are always checked.
+        """
         try:
             w = float(weight)
         except (TypeError, ValueError) as exc:
@@ -133,7 +140,7 @@ class StreamingAverage:
                 raise ValueError(f"{what}: state is empty")
         else:
             self._check_layout(state, what)
-        _check_tensors(state, what)
+        _check_tensors(state, what, check_finite)
 
         with torch.no_grad():
             if self._count == 0:

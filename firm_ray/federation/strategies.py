@@ -81,16 +81,24 @@ class Strategy:
     ) -> AggregateResult:
         raise NotImplementedError
 
-    def _check(self, update: ClientUpdate, payload: AdapterState | None) -> str:
-        """Why an update must be rejected ('' when it is fine)."""
+    def _check(self, update: ClientUpdate, payloads: list[AdapterState] | None) -> str:
+        """Why an update must be rejected ('' when it is fine).
+
+        This is the one NaN/inf scan of an update (StreamingAverage.add is told to skip its
+        own): every payload is scanned before any of them is averaged, so a client whose
+        second fmgda delta is bad never half-updates the per-objective averages.
+        """
         if not update.valid:
             return update.reason or "client flagged its update invalid"
-        if payload is None:
+        if not payloads:
             return "no payload"
         if update.num_samples <= 0:
             return f"num_samples = {update.num_samples}"
-        bad = first_non_finite(payload)
-        return f"non-finite tensor {bad!r}" if bad else ""
+        bad = first_non_finite(payloads[0])
+        if bad:
+            return f"non-finite tensor {bad!r}"
+        bad = next(filter(None, (first_non_finite(d) for d in payloads[1:])), None)
+        return f"non-finite delta tensor {bad!r}" if bad else ""
 
     def _enough(self, accepted: list[int], rejected: list[dict], failures: list[dict]) -> None:
         if len(accepted) < self.min_clients:
@@ -114,11 +122,13 @@ class FedAvgStrategy(Strategy):
         accepted: list[int] = []
         rejected: list[dict[str, Any]] = []
         for update in updates:
-            reason = self._check(update, update.adapter)
+            adapter = update.adapter
+            reason = self._check(update, [adapter] if adapter is not None else None)
             if reason:
                 rejected.append({"client": update.client_id, "reason": reason})
                 continue
-            average.add(update.adapter, float(update.num_samples))
+            assert adapter is not None
+            average.add(adapter, float(update.num_samples), check_finite=False)
             accepted.append(update.client_id)
         self._enough(accepted, rejected, failures)
         state = server_update(global_state, average.result(), self.server_lr)
@@ -140,10 +150,7 @@ class FmgdaStrategy(Strategy):
         rejected: list[dict[str, Any]] = []
         for update in updates:
             deltas = update.objective_deltas
-            reason = self._check(update, deltas[0] if deltas else None)
-            if not reason and deltas is not None:
-                bad = next(filter(None, (first_non_finite(d) for d in deltas)), None)
-                reason = f"non-finite delta tensor {bad!r}" if bad else ""
+            reason = self._check(update, deltas)
             if reason:
                 rejected.append({"client": update.client_id, "reason": reason})
                 continue
@@ -151,7 +158,7 @@ class FmgdaStrategy(Strategy):
             if not averages:
                 averages = [StreamingAverage() for _ in deltas]
             for average, delta in zip(averages, deltas, strict=True):
-                average.add(delta, float(update.num_samples))
+                average.add(delta, float(update.num_samples), check_finite=False)
             accepted.append(update.client_id)
         self._enough(accepted, rejected, failures)
         mean_deltas = [a.result() for a in averages]
