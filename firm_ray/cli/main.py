@@ -1,6 +1,6 @@
 """`firm-ray` entry point.
 
-Subcommands: run, report, check-config, build-world (sweep lands with the Tune issue). The
+Subcommands: run, sweep, report, check-config, build-world. The
 parser is plain argparse so `--help` stays fast (no torch or ray import before a subcommand runs).
 """
 
@@ -55,8 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     run.set_defaults(func=_run)
-    report = sub.add_parser("report", help="re-print a run's summary and redraw its plots")
-    report.add_argument("run_dir", help="a run directory (runs/<name>)")
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a Ray Tune sweep (one federated run per trial) and write its Pareto report",
+        description=(
+            "Run a sweep file with Ray Tune: one whole federated run per trial, each in its own "
+            "placement group, as many at once as the cluster's resources hold. Results go to "
+            "<sweep.output_dir>/<sweep.name>: trials/, trials.csv, pareto.json, pareto.png, "
+            "drift.png. Connects to RAY_ADDRESS when set, else starts a local Ray on 127.0.0.1."
+        ),
+    )
+    sweep.add_argument("sweep_file", nargs="?", help="sweep YAML (omit with --resume)")
+    sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
+    sweep.add_argument(
+        "--no-resource-check",
+        action="store_true",
+        help="start even if no trial fits the cluster now (an autoscaler will add nodes)",
+    )
+    sweep.set_defaults(func=_sweep)
+    report = sub.add_parser(
+        "report", help="re-print a run's (or a sweep's) summary and redraw its plots"
+    )
+    report.add_argument("run_dir", help="a run directory (runs/<name>) or a sweep directory")
     report.set_defaults(func=_report)
     build = sub.add_parser(
         "build-world",
@@ -91,14 +111,43 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if summary.get("status") == "completed" else 1
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from firm_ray.config import ConfigError
+
+    if bool(args.resume) == bool(args.sweep_file):
+        print("error: give a SWEEP_FILE, or --resume SWEEP_DIR (not both)")
+        return 2
+    from firm_ray.runtime.loop import RunError
+    from firm_ray.runtime.sweep import SweepError, resume_sweep, run_sweep
+
+    check = not args.no_resource_check
+    try:
+        if args.resume:
+            result = resume_sweep(args.resume, check_resources=check)
+        else:
+            result = run_sweep(args.sweep_file, check_resources=check)
+    except (ConfigError, SweepError, RunError) as err:
+        print(f"error: {err}")
+        return 2 if isinstance(err, ConfigError) else 1
+    print(f"results: {result['sweep_dir']}")
+    if result["failed"]:
+        print(f"{len(result['failed'])} trial(s) failed: {', '.join(result['failed'])}")
+        return 1
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rich.console import Console
 
     from firm_ray.tracking.report import make_plots, print_report
+    from firm_ray.tracking.sweep_report import is_sweep_dir, print_sweep_report
 
     run_dir = Path(args.run_dir)
+    if is_sweep_dir(run_dir):
+        print_sweep_report(run_dir, Console())
+        return 0
     if not (run_dir / "metrics.jsonl").exists():
         print(f"error: {run_dir} has no metrics.jsonl (not a firm-ray run directory)")
         return 2

@@ -36,8 +36,9 @@ from firm_ray.config import FirmConfig, load_config, save_config
 from firm_ray.federation import RoundFailed, sample_clients
 from firm_ray.runtime.aggregator import Aggregator, latest_checkpoint, process_rss_mb
 from firm_ray.runtime.worker import ClientWorker
-from firm_ray.tracking.jsonl import JsonlTracker, read_metrics
+from firm_ray.tracking.jsonl import read_metrics
 from firm_ray.tracking.report import build_summary, make_plots, print_report
+from firm_ray.tracking.wandb_tracker import make_tracker
 
 PLACEMENT_TIMEOUT_S = 60.0
 ROUND_RETRIES = 1
@@ -58,6 +59,10 @@ class Cluster:
     started_ray: bool
     worker_cls: Any
     config_dict: dict[str, Any]
+    owns_group: bool = True
+    """False inside a Ray Tune trial: the group is the trial's and Tune removes it."""
+    first_bundle: int = 0
+    """Worker i runs in bundle first_bundle + i (a Tune trial's group may hold more bundles)."""
 
     def worker_options(self, index: int) -> dict[str, Any]:
         runtime = self.config_dict["runtime"]
@@ -65,7 +70,8 @@ class Cluster:
             "num_cpus": runtime["num_cpus_per_worker"],
             "num_gpus": runtime["num_gpus_per_worker"],
             "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                placement_group=self.group, placement_group_bundle_index=index
+                placement_group=self.group,
+                placement_group_bundle_index=self.first_bundle + index,
             ),
         }
 
@@ -79,9 +85,146 @@ class Cluster:
     def shutdown(self) -> None:
         for actor in [*self.workers, self.aggregator]:
             ray.kill(actor, no_restart=True)
-        remove_placement_group(self.group)
+        if self.owns_group:
+            remove_placement_group(self.group)
         if self.started_ray:
             ray.shutdown()
+
+
+class FederatedRun:
+    """One federated experiment, a round at a time.
+
+    ``run()`` loops over it; the Ray Tune trainable (runtime/sweep.py) calls ``step()`` once
+    per Tune iteration and ``finish("stopped")`` when a scheduler ends the trial early, so a
+    stopped trial still closes its trackers and writes its summary.
+
+    With ``resume`` (a run directory) the run's own config.yaml is used and ``config`` ignored.
+    ``worker_cls`` is the actor body serving client tasks (ClientWorker; bench/runtime.py
+    passes a calibrated synthetic workload with the same methods to time the orchestration).
+    Every artifact is written on the driver's node (the aggregator is pinned there; the final
+    adapter's files come back from a worker), so a multi-node run needs no shared storage.
+    """
+
+    def __init__(
+        self,
+        config: FirmConfig | None,
+        resume: str | Path | None = None,
+        console: Console | None = None,
+        worker_cls: type = ClientWorker,
+    ) -> None:
+        self.console = console or Console()
+        self.start_time = time.perf_counter()
+        if resume is not None:
+            run_dir = Path(resume)
+            checkpoint = latest_checkpoint(run_dir)
+            if checkpoint is None:
+                raise RunError(
+                    f"--resume {run_dir}: no checkpoint found under {run_dir}/checkpoints"
+                )
+            config = load_config(run_dir / "config.yaml")
+        else:
+            if config is None:
+                raise RunError("run() needs a config (or resume=RUN_DIR)")
+            run_dir = _fresh_run_dir(Path(config.experiment.output_dir) / config.experiment.name)
+            checkpoint = None
+            save_config(config, run_dir / "config.yaml")
+        self.config, self.run_dir = config, run_dir
+        self.summary: dict[str, Any] | None = None
+        self.console.print(f"[bold]firm-ray[/] {config.algorithm.name} -> {run_dir}")
+        self.cluster = _start_cluster(config, run_dir, self.console, worker_cls)
+        try:
+            self._restore_or_start(checkpoint)
+        except BaseException:
+            self.cluster.shutdown()
+            raise
+
+    def _restore_or_start(self, checkpoint: Path | None) -> None:
+        agg, workers = self.cluster.aggregator, self.cluster.workers
+        if checkpoint is None:
+            ray.get(agg.set_global.remote(workers[0].initial_adapter.remote()))
+            self.next_round = 0
+            initial = ray.get(workers[0].evaluate.remote(agg.global_payload.remote()))
+            self.initial_rewards = initial["rewards"]
+            self.elapsed_before = 0.0
+        else:
+            info = ray.get(agg.load_checkpoint.remote(str(checkpoint)))
+            self.next_round = info["round"] + 1
+            self.initial_rewards = info["initial_rewards"]
+            self.elapsed_before = info.get("elapsed_s", 0.0)
+            self.console.print(f"resuming after round {info['round']} from {checkpoint}")
+        names = [r.name for r in self.config.rewards]
+        self.console.print(
+            "initial eval rewards: "
+            + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, self.initial_rewards, strict=True))
+        )
+        config_dict = self.config.model_dump(mode="json")
+        self.tracker = make_tracker(
+            config_dict, self.run_dir, self.next_round if checkpoint else None
+        )
+        if checkpoint is None:
+            self.tracker.log_config(config_dict)
+
+    @property
+    def done(self) -> bool:
+        """All rounds ran (the run may still need ``finish``)."""
+        return self.next_round >= self.config.federation.rounds
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start_time
+
+    def step(self) -> dict[str, Any]:
+        """Run the next round: train, aggregate, evaluate, log, checkpoint; returns its row."""
+        fed, cluster = self.config.federation, self.cluster
+        round_index = self.next_round
+        with self.console.status(
+            f"round {round_index + 1}/{fed.rounds}: training "
+            f"{fed.clients_sampled_per_round} client(s) on {len(cluster.workers)} worker(s)"
+        ):
+            row = _one_round(self.config, round_index, cluster, self.console)
+        self.tracker.log_round(round_index, row)
+        _print_round(self.console, self.config, row)
+        extra = {"initial_rewards": self.initial_rewards, "elapsed_s": self.elapsed()}
+        ray.get(cluster.aggregator.save_checkpoint.remote(round_index, extra))
+        self.next_round += 1
+        return row
+
+    def finish(self, status: str = "completed") -> dict[str, Any]:
+        """Write the final adapter (completed runs), summary and plots, close the trackers and
+        release the actors; returns the summary. Safe to call twice (the first call wins)."""
+        if self.summary is not None:
+            return self.summary
+        config, run_dir = self.config, self.run_dir
+        try:
+            if status == "completed":
+                files = ray.get(
+                    self.cluster.workers[0].adapter_files.remote(
+                        self.cluster.aggregator.global_payload.remote()
+                    )
+                )
+                (run_dir / "adapter").mkdir(exist_ok=True)
+                for name, content in files.items():
+                    (run_dir / "adapter" / name).write_bytes(content)
+        finally:
+            self.summary = build_summary(
+                run_dir,
+                read_metrics(run_dir),
+                algorithm=config.algorithm.name,
+                seed=config.experiment.seed,
+                initial_rewards=self.initial_rewards,
+                wall_time_s=self.elapsed(),
+                status=status,
+                reward_names=[r.name for r in config.rewards],
+            )
+            try:
+                if status != "failed":
+                    make_plots(run_dir)  # before log_summary: W&B uploads them with it
+                self.tracker.log_summary(self.summary)
+                self.tracker.close()
+            finally:
+                self.cluster.shutdown()
+        if status == "completed":
+            print_report(run_dir, self.console)
+        return self.summary
 
 
 def run(
@@ -92,33 +235,17 @@ def run(
 ) -> dict[str, Any]:
     """Run one federated experiment end to end; returns summary.json's content.
 
-    With ``resume`` (a run directory) the run's own config.yaml is used and ``config`` ignored.
-    ``worker_cls`` is the actor body serving client tasks (ClientWorker; bench/runtime.py
-    passes a calibrated synthetic workload with the same methods to time the orchestration).
-    Every artifact is written on the driver's node (the aggregator is pinned there; the final
-    adapter's files come back from a worker), so a multi-node run needs no shared storage.
+    See :class:`FederatedRun` for ``resume`` and ``worker_cls``. A run that raises still
+    writes its summary (status "failed") before the error propagates.
     """
-    console = console or Console()
-    start_time = time.perf_counter()
-    if resume is not None:
-        run_dir = Path(resume)
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise RunError(f"--resume {run_dir}: no checkpoint found under {run_dir}/checkpoints")
-        config = load_config(run_dir / "config.yaml")
-    else:
-        if config is None:
-            raise RunError("run() needs a config (or resume=RUN_DIR)")
-        run_dir = _fresh_run_dir(Path(config.experiment.output_dir) / config.experiment.name)
-        checkpoint = None
-        save_config(config, run_dir / "config.yaml")
-    console.print(f"[bold]firm-ray[/] {config.algorithm.name} -> {run_dir}")
-
-    cluster = _start_cluster(config, run_dir, console, worker_cls)
+    experiment = FederatedRun(config, resume=resume, console=console, worker_cls=worker_cls)
     try:
-        return _run_rounds(config, run_dir, checkpoint, cluster, console, start_time)
-    finally:
-        cluster.shutdown()
+        while not experiment.done:
+            experiment.step()
+    except BaseException:
+        experiment.finish("failed")
+        raise
+    return experiment.finish("completed")
 
 
 # ---------------------------------------------------------------------------------- set-up
@@ -151,16 +278,26 @@ def _init_ray(config: FirmConfig) -> bool:
     return True
 
 
+def worker_bundle(config: FirmConfig) -> dict[str, float]:
+    """The resources of one ClientWorker (one placement-group bundle)."""
+    bundle = {"CPU": float(config.runtime.num_cpus_per_worker)}
+    if config.runtime.num_gpus_per_worker > 0:
+        bundle["GPU"] = float(config.runtime.num_gpus_per_worker)
+    return bundle
+
+
 def _start_cluster(
     config: FirmConfig, run_dir: Path, console: Console, worker_body: type = ClientWorker
 ) -> Cluster:
     started = _init_ray(config)
     runtime = config.runtime
-    bundle = {"CPU": runtime.num_cpus_per_worker}
-    if runtime.num_gpus_per_worker > 0:
-        bundle["GPU"] = runtime.num_gpus_per_worker
+    bundle = worker_bundle(config)
     group = ray.util.get_current_placement_group()
-    if group is None:  # not inside a Tune trial: reserve our own bundles
+    owns_group = group is None
+    if group is not None:  # inside a Tune trial: our workers use the trial's last W bundles
+        first_bundle = _check_trial_group(group, bundle, runtime.num_workers)
+    else:  # reserve our own bundles
+        first_bundle = 0
         group = placement_group([bundle] * runtime.num_workers, strategy="PACK")
         ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
         if not ready:
@@ -187,6 +324,8 @@ def _start_cluster(
         started_ray=started,
         worker_cls=worker_cls,
         config_dict=config_dict,
+        owns_group=owns_group,
+        first_bundle=first_bundle,
     )
     cluster.workers = [
         worker_cls.options(**cluster.worker_options(i)).remote(config_dict, i)
@@ -204,81 +343,27 @@ def _start_cluster(
     return cluster
 
 
-# ---------------------------------------------------------------------------------- rounds
-def _run_rounds(
-    config: FirmConfig,
-    run_dir: Path,
-    checkpoint: Path | None,
-    cluster: Cluster,
-    console: Console,
-    start_time: float,
-) -> dict[str, Any]:
-    agg = cluster.aggregator
-    fed = config.federation
-    if checkpoint is None:
-        ray.get(agg.set_global.remote(cluster.workers[0].initial_adapter.remote()))
-        first_round = 0
-        initial = ray.get(cluster.workers[0].evaluate.remote(agg.global_payload.remote()))
-        initial_rewards = initial["rewards"]
-        elapsed_before = 0.0
-    else:
-        info = ray.get(agg.load_checkpoint.remote(str(checkpoint)))
-        first_round = info["round"] + 1
-        initial_rewards = info["initial_rewards"]
-        elapsed_before = info.get("elapsed_s", 0.0)
-        console.print(f"resuming after round {info['round']} from {checkpoint}")
-    names = [r.name for r in config.rewards]
-    console.print(
-        "initial eval rewards: "
-        + ", ".join(f"{n} {v:.3f}" for n, v in zip(names, initial_rewards, strict=True))
+def _check_trial_group(group: Any, bundle: dict[str, float], num_workers: int) -> int:
+    """Index of the first worker bundle in the current (Tune trial's) placement group.
+
+    Fails at once, naming both layouts, when the group cannot hold our W workers: an actor
+    asking for more than its bundle would wait forever instead.
+    """
+    specs = group.bundle_specs
+    ours = specs[len(specs) - num_workers :] if len(specs) >= num_workers else []
+    fits = len(ours) == num_workers and all(
+        spec.get(k, 0.0) + 1e-9 >= v for spec in ours for k, v in bundle.items()
     )
-    tracker = JsonlTracker(run_dir, resume_from_round=first_round if checkpoint else None)
-    rows: list[dict[str, Any]] = []
-    status = "completed"
-    try:
-        for round_index in range(first_round, fed.rounds):
-            with console.status(
-                f"round {round_index + 1}/{fed.rounds}: training "
-                f"{fed.clients_sampled_per_round} client(s) on {len(cluster.workers)} worker(s)"
-            ):
-                row = _one_round(config, round_index, cluster, console)
-            tracker.log_round(round_index, row)
-            rows.append(row)
-            _print_round(console, config, row)
-            elapsed = elapsed_before + time.perf_counter() - start_time
-            ray.get(
-                agg.save_checkpoint.remote(
-                    round_index, {"initial_rewards": initial_rewards, "elapsed_s": elapsed}
-                )
-            )
-    except Exception:
-        status = "failed"
-        raise
-    finally:
-        wall = elapsed_before + time.perf_counter() - start_time
-        if status == "completed":
-            files = ray.get(cluster.workers[0].adapter_files.remote(agg.global_payload.remote()))
-            (run_dir / "adapter").mkdir(exist_ok=True)
-            for name, content in files.items():
-                (run_dir / "adapter" / name).write_bytes(content)
-        summary = build_summary(
-            run_dir,
-            read_metrics(run_dir),
-            algorithm=config.algorithm.name,
-            seed=config.experiment.seed,
-            initial_rewards=initial_rewards,
-            wall_time_s=wall,
-            status=status,
-            reward_names=names,
+    if not fits:
+        raise RunError(
+            f"this run needs {num_workers} bundle(s) of {bundle} for its workers, but the "
+            f"placement group it runs in has {specs}; build the trial's resources with "
+            "firm_ray.runtime.sweep.trial_resources(config)"
         )
-        tracker.log_summary(summary)
-        tracker.close()
-        if status == "completed":
-            make_plots(run_dir)
-            print_report(run_dir, console)
-    return summary
+    return len(specs) - num_workers
 
 
+# ---------------------------------------------------------------------------------- rounds
 def _one_round(
     config: FirmConfig, round_index: int, cluster: Cluster, console: Console
 ) -> dict[str, Any]:
@@ -444,4 +529,4 @@ def _print_round(console: Console, config: FirmConfig, row: dict[str, Any]) -> N
     )
 
 
-__all__ = ["RunError", "run"]
+__all__ = ["FederatedRun", "RunError", "run", "worker_bundle"]

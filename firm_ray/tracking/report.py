@@ -39,7 +39,7 @@ Run directory schema (stable: add keys, never rename or remove; see docs/ARTIFAC
   std of round-to-round changes over the evaluated rows), ``bytes_up_per_client_round``,
   ``bytes_down_per_client_round`` (means over client-rounds), ``mean_disagreement``,
   ``final_kl``, ``failed_client_rounds``, ``rounds_completed``, ``wall_time_s``, ``run_dir``,
-  ``status`` ("completed" | "failed").
+  ``status`` ("completed" | "failed" | "stopped": ended early by a sweep's scheduler).
 - ``adapter/`` (PEFT dir), ``plots/*.png`` (``make_plots``), ``checkpoints/``.
 """
 
@@ -112,7 +112,7 @@ SUMMARY_KEYS = (
 )
 """The keys of summary.json."""
 
-STATUSES = ("completed", "failed")
+STATUSES = ("completed", "failed", "stopped")
 
 _CLIENT_TIMING = ("generate", "score", "forward", "backward", "solve", "step")
 _SERVER_TIMING = ("aggregation", "evaluation", "orchestration_overhead")
