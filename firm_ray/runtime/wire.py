@@ -1,32 +1,38 @@
 """What crosses the network: adapters as safetensors bytes, so every payload has an exact size.
 
-A client update travels as (ClientUpdate without tensors, [payload bytes]); the server decodes it
-one update at a time while it aggregates.
+A client update travels as (ClientUpdate without tensors, [payloads]), each payload the
+safetensors bytes of one adapter held in a 1-D uint8 numpy array (``bytes(payload)`` is exactly
+what ``safetensors.torch.save`` writes, and ``safetensors.torch.load`` reads it): Ray's object
+store hands numpy arrays over without copying (``bytes`` objects are copied into and out of
+it), so an update is written once by the worker and read in place by the aggregator. The server
+decodes it one update at a time while it aggregates, as read-only views of the store's buffer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from firm_ray.models.adapter import adapter_from_bytes, adapter_to_bytes
+from firm_ray.models.adapter import Payload, adapter_from_bytes, adapter_to_buffer
 from firm_ray.types import AdapterState, ClientUpdate
 
-WireUpdate = tuple[ClientUpdate, list[bytes]]
+WireUpdate = tuple[ClientUpdate, list[Payload]]
 
 
 def encode_update(update: ClientUpdate) -> WireUpdate:
     """Split an update into its tensor-free header and its serialized adapters."""
     if update.adapter is not None:
-        payloads = [adapter_to_bytes(update.adapter)]
+        payloads = [adapter_to_buffer(update.adapter)]
     else:
-        payloads = [adapter_to_bytes(d) for d in update.objective_deltas or []]
+        payloads = [adapter_to_buffer(d) for d in update.objective_deltas or []]
     header = dataclasses.replace(update, adapter=None, objective_deltas=None)
     return header, payloads
 
 
-def decode_update(wire: WireUpdate, fmgda: bool) -> ClientUpdate:
+def decode_update(wire: WireUpdate, fmgda: bool, *, copy: bool = True) -> ClientUpdate:
+    """The update with its tensors back; ``copy=False`` decodes them as views of the payload
+    buffers (no copy; read them only, see ``adapter_from_bytes``)."""
     header, payloads = wire
-    states: list[AdapterState] = [adapter_from_bytes(p) for p in payloads]
+    states: list[AdapterState] = [adapter_from_bytes(p, copy=copy) for p in payloads]
     if fmgda:
         return dataclasses.replace(header, objective_deltas=states or None)
     return dataclasses.replace(header, adapter=states[0] if states else None)
@@ -34,4 +40,4 @@ def decode_update(wire: WireUpdate, fmgda: bool) -> ClientUpdate:
 
 def payload_bytes(wire: WireUpdate) -> int:
     """Exact upload size of an update: the sum of its serialized adapters."""
-    return sum(len(p) for p in wire[1])
+    return sum(memoryview(p).nbytes for p in wire[1])

@@ -23,8 +23,9 @@ from firm_ray.data.partition import client_prompts, partition_prompts
 from firm_ray.data.prompts import Prompt
 from firm_ray.data.sources import load_prompts
 from firm_ray.models.adapter import (
+    Payload,
     adapter_from_bytes,
-    adapter_to_bytes,
+    adapter_to_buffer,
     get_adapter_state,
     save_adapter,
     set_adapter_state,
@@ -101,15 +102,15 @@ class ClientWorker:
             "eval_prompts": len(self.eval_prompts),
         }
 
-    def initial_adapter(self) -> bytes:
+    def initial_adapter(self) -> Payload:
         """theta^0: the seeded LoRA initialization, serialized."""
-        return adapter_to_bytes(get_adapter_state(self.policy.model))
+        return adapter_to_buffer(get_adapter_state(self.policy.model))
 
     def train(
         self,
         client_id: int,
         round_index: int,
-        global_payload: bytes,
+        global_payload: Payload,
         client_state: dict[str, Any] | None = None,
     ) -> WireUpdate:
         """Train ``client_id`` for one round from the global adapter; the update, serialized.
@@ -122,7 +123,9 @@ class ClientWorker:
         for reward, initial in zip(self.rewards, self._initial_reward_states, strict=True):
             reward.load_state_dict(state.get(reward.name, initial))
         update = self.trainer.run_round(
-            adapter_from_bytes(global_payload),
+            # views of the object store's read-only buffer: the trainer only reads them
+            # (set_adapter_state copies into the model, deltas are new tensors)
+            adapter_from_bytes(global_payload, copy=False),
             self.clients[client_id],
             client_id=client_id,
             round_index=round_index,
@@ -132,10 +135,10 @@ class ClientWorker:
         update.metrics["worker"] = float(self.worker_index)
         return encode_update(update)
 
-    def evaluate(self, global_payload: bytes) -> dict[str, Any]:
+    def evaluate(self, global_payload: Payload) -> dict[str, Any]:
         """Rewards and KL of the global policy on the held-out prompts."""
         cfg = self.config
-        set_adapter_state(self.policy.model, adapter_from_bytes(global_payload))
+        set_adapter_state(self.policy.model, adapter_from_bytes(global_payload, copy=False))
         start = time.perf_counter()
         result = evaluate_policy(
             self.policy,
@@ -150,10 +153,10 @@ class ClientWorker:
         result["seconds"] = time.perf_counter() - start
         return result
 
-    def adapter_files(self, global_payload: bytes) -> dict[str, bytes]:
+    def adapter_files(self, global_payload: Payload) -> dict[str, bytes]:
         """The PEFT directory of an adapter as {file name: bytes}, so the driver writes it on
         its own node (``PeftModel.from_pretrained`` loads the directory)."""
-        set_adapter_state(self.policy.model, adapter_from_bytes(global_payload))
+        set_adapter_state(self.policy.model, adapter_from_bytes(global_payload, copy=False))
         with tempfile.TemporaryDirectory() as tmp:
             save_adapter(self.policy.model, Path(tmp))
             return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
