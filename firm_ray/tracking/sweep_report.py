@@ -784,6 +784,8 @@ def print_sweep_report(
     """Build the report (unless ``build=False``: read the files already written) and print the
     trial table (★ = on the Pareto front), the hypervolume per label and the written files."""
     console = console or Console()
+    if not console.is_terminal and console.width < 140:  # a log file or pipe: don't crop columns
+        console = Console(file=console.file, width=140, quiet=console.quiet)
     sweep_dir = Path(sweep_dir)
     if build:
         rows, pareto = _report(sweep_dir)
