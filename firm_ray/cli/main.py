@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("sweep_file", nargs="?", help="sweep YAML (omit with --resume)")
     sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
     sweep.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="write the sweep under DIR instead of sweep.output_dir (shared storage on a cluster)",
+    )
+    sweep.add_argument(
         "--no-resource-check",
         action="store_true",
         help="start even if no trial fits the cluster now (an autoscaler will add nodes)",
@@ -117,6 +122,9 @@ def _sweep(args: argparse.Namespace) -> int:
     if bool(args.resume) == bool(args.sweep_file):
         print("error: give a SWEEP_FILE, or --resume SWEEP_DIR (not both)")
         return 2
+    if args.resume and args.output_dir:
+        print("error: --resume continues a sweep in its own directory; drop --output-dir")
+        return 2
     from firm_ray.runtime.loop import RunError
     from firm_ray.runtime.sweep import SweepError, resume_sweep, run_sweep
 
@@ -125,7 +133,7 @@ def _sweep(args: argparse.Namespace) -> int:
         if args.resume:
             result = resume_sweep(args.resume, check_resources=check)
         else:
-            result = run_sweep(args.sweep_file, check_resources=check)
+            result = run_sweep(args.sweep_file, check_resources=check, output_dir=args.output_dir)
     except (ConfigError, SweepError, RunError) as err:
         print(f"error: {err}")
         return 2 if isinstance(err, ConfigError) else 1

@@ -235,11 +235,12 @@ class _Progress(tune.Callback):
         dis_text = "" if dis is None else f" | disagreement {dis:.3f}"
         self.console.print(
             f"[dim]{time.perf_counter() - self.started:6.0f}s[/] {self._label(trial)} "
-            f"round {result.get('done_rounds')}/{result.get('total_rounds')}: {rewards}{dis_text}"
+            f"round {result.get('done_rounds')}/{result.get('total_rounds')}: {rewards}{dis_text}",
+            soft_wrap=True,
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info):
-        self.console.print(f"[green]done[/] {self._label(trial)}")
+        self.console.print(f"[green]done[/] {self._label(trial)}", soft_wrap=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info):
         self.console.print(f"[red]failed[/] {self._label(trial)} (see {trial.local_path})")
@@ -427,12 +428,19 @@ def _execute(
 
 
 def run_sweep(
-    path: str | Path, console: Console | None = None, check_resources: bool = True
+    path: str | Path,
+    console: Console | None = None,
+    check_resources: bool = True,
+    output_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run a sweep file end to end; returns the sweep directory, trial statuses and report."""
+    """Run a sweep file end to end; returns the sweep directory, trial statuses and report.
+
+    ``output_dir`` replaces ``sweep.output_dir`` (e.g. shared storage on a cluster).
+    """
     console = console or Console()
     sweep = load_sweep(path)
-    sweep_dir = _fresh_run_dir(Path(sweep.spec.output_dir) / sweep.spec.name).resolve()
+    root = Path(output_dir) if output_dir is not None else Path(sweep.spec.output_dir)
+    sweep_dir = _fresh_run_dir(root / sweep.spec.name).resolve()
     _write_spec(sweep, sweep_dir, Path(path))
     return _execute(sweep_dir, console, restore=False, check_resources=check_resources)
 

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from firm_ray.config import load_config
+from firm_ray.sweep_spec import load_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
@@ -94,7 +95,10 @@ def test_configs_referenced_in_cluster_exist_and_validate():
         target = REPO / ref
         assert target.is_file(), f"cluster/ names {ref}, which does not exist"
         if target.suffix == ".yaml":
-            load_config(target)
+            if "sweep" in yaml.safe_load(target.read_text()):
+                load_sweep(target)
+            else:
+                load_config(target)
 
 
 def test_readme_commands_validate():
