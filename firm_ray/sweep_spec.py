@@ -110,6 +110,8 @@ class SweepSpec(_Section):
     """ASHA settings (used when scheduler is asha)."""
     output_dir: StrictStr = "sweeps"
     """Where sweep directories go (relative to the working directory)."""
+    max_failures: NonNegInt = 0
+    """Restarts of a failed trial (from its last round checkpoint) before it counts as failed."""
     time_budget_s: PosFloat | None = None
     """Wall-clock limit of the whole sweep in seconds (Tune's time_budget_s); null = none."""
 

@@ -286,6 +286,7 @@ def _tuner(sweep: Sweep, sweep_dir: Path, console: Console, restore: bool) -> tu
         run_config=tune.RunConfig(
             name=TUNE_DIR,
             checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             storage_path=str(sweep_dir.resolve()),
             verbose=0,
             callbacks=[_Progress(console, sweep)],
