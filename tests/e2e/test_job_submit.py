@@ -47,6 +47,13 @@ def ray_head():
             f"--port={free_port()}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            # Ray's fixed default agent ports (52365, ...) collide with any other Ray on the
+            # machine (a developer's, another test's): then the job agent never comes up
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
             "--num-cpus=2",
             f"--temp-dir={temp_dir}",
         ],
@@ -116,10 +123,12 @@ def test_ray_job_submit_quickstart(ray_head, tmp_path) -> None:
         "--",
         *command,
     ]
-    for _ in range(30):  # the head answers before its job agent is up: bounded retry
+    agent_deadline = time.time() + 240  # the head answers before its job agent is up
+    while True:
         submit = subprocess.run(submit_cmd, env=env, capture_output=True, text=True, cwd=REPO)
         if "No available agent" not in submit.stdout + submit.stderr:
             break
+        assert time.time() < agent_deadline, "the head's job agent never came up"
         time.sleep(2)
     assert submit.returncode == 0, submit.stdout + submit.stderr
     deadline = time.time() + 600
