@@ -152,6 +152,15 @@ class FirmTrial(tune.Trainable):
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         self.run_dir = Path(json.loads((Path(checkpoint_dir) / RUN_POINTER).read_text())["run_dir"])
 
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        """Serve the next trial in this process (reuse_actors: no new Python, no re-imports)."""
+        self.cleanup()
+        self.params = new_config
+        self.run_dir = self.root / TRIALS_DIR / self.trial_id
+        self.experiment = None
+        self.state = {}
+        return True
+
     def cleanup(self) -> None:
         if self.experiment is not None and self.experiment.summary is None:
             self.experiment.finish("stopped")
@@ -277,6 +286,7 @@ def _tuner(sweep: Sweep, sweep_dir: Path, console: Console, restore: bool) -> tu
             mode="max",
             scheduler=scheduler,
             num_samples=spec.num_samples,
+            reuse_actors=True,  # a finished trial's process serves the next (reset_config)
             time_budget_s=spec.time_budget_s,
             # the grid generator limits concurrency itself (TuneConfig's limit ignores it)
             search_alg=BasicVariantGenerator(
