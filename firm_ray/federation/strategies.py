@@ -18,7 +18,7 @@ the number of clients. ``failures`` lists the clients left out (late, crashed, r
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,22 @@ class Strategy:
         bad = next(filter(None, (first_non_finite(d) for d in payloads[1:])), None)
         return f"non-finite delta tensor {bad!r}" if bad else ""
 
+    def _screen(
+        self,
+        updates: Iterable[ClientUpdate],
+        payloads_of: Callable[[ClientUpdate], list[AdapterState] | None],
+        rejected: list[dict[str, Any]],
+    ) -> Iterator[tuple[ClientUpdate, list[AdapterState]]]:
+        """The usable updates with their payloads; the others go to ``rejected`` with why."""
+        for update in updates:
+            payloads = payloads_of(update)
+            reason = self._check(update, payloads)
+            if reason:
+                rejected.append({"client": update.client_id, "reason": reason})
+                continue
+            assert payloads is not None
+            yield update, payloads
+
     def _enough(self, accepted: list[int], rejected: list[dict], failures: list[dict]) -> None:
         if len(accepted) < self.min_clients:
             raise RoundFailed(
@@ -121,13 +137,10 @@ class FedAvgStrategy(Strategy):
         average = StreamingAverage()
         accepted: list[int] = []
         rejected: list[dict[str, Any]] = []
-        for update in updates:
-            adapter = update.adapter
-            reason = self._check(update, [adapter] if adapter is not None else None)
-            if reason:
-                rejected.append({"client": update.client_id, "reason": reason})
-                continue
-            assert adapter is not None
+        adapters = self._screen(
+            updates, lambda u: [u.adapter] if u.adapter is not None else None, rejected
+        )
+        for update, (adapter,) in adapters:
             average.add(adapter, float(update.num_samples), check_finite=False)
             accepted.append(update.client_id)
         self._enough(accepted, rejected, failures)
@@ -148,13 +161,7 @@ class FmgdaStrategy(Strategy):
         averages: list[StreamingAverage] = []
         accepted: list[int] = []
         rejected: list[dict[str, Any]] = []
-        for update in updates:
-            deltas = update.objective_deltas
-            reason = self._check(update, deltas)
-            if reason:
-                rejected.append({"client": update.client_id, "reason": reason})
-                continue
-            assert deltas is not None
+        for update, deltas in self._screen(updates, lambda u: u.objective_deltas, rejected):
             if not averages:
                 averages = [StreamingAverage() for _ in deltas]
             for average, delta in zip(averages, deltas, strict=True):
