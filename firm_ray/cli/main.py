@@ -12,6 +12,17 @@ from collections.abc import Sequence
 from firm_ray import __version__
 
 
+def _add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"dotted override, e.g. --set {example} (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="firm-ray",
@@ -25,14 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config", help="validate a config YAML (with --set overrides) and print it resolved"
     )
     check.add_argument("config", help="path to an experiment YAML")
-    check.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override, e.g. --set algorithm.beta=0.1 (repeatable)",
-    )
+    _add_overrides(check, "algorithm.beta=0.1")
     check.set_defaults(func=_check_config)
     run = sub.add_parser(
         "run",
@@ -45,14 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run.add_argument("config", nargs="?", help="experiment YAML (omit with --resume)")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted override, e.g. --set federation.rounds=2 (repeatable)",
-    )
+    _add_overrides(run, "federation.rounds=2")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     run.set_defaults(func=_run)
     sweep = sub.add_parser(

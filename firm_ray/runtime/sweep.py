@@ -89,6 +89,11 @@ def _tune_metrics(row: dict[str, Any], state: dict[str, Any], preference: list[f
     return out
 
 
+def _read_run_pointer(checkpoint_dir: str | Path) -> Path:
+    """The run directory a FirmTrial's Tune checkpoint names (see save_checkpoint)."""
+    return Path(json.loads((Path(checkpoint_dir) / RUN_POINTER).read_text())["run_dir"])
+
+
 class FirmTrial(tune.Trainable):
     """The Tune trainable: one federated run, one round per Tune iteration.
 
@@ -150,7 +155,7 @@ class FirmTrial(tune.Trainable):
         (Path(checkpoint_dir) / RUN_POINTER).write_text(json.dumps({"run_dir": str(self.run_dir)}))
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
-        self.run_dir = Path(json.loads((Path(checkpoint_dir) / RUN_POINTER).read_text())["run_dir"])
+        self.run_dir = _read_run_pointer(checkpoint_dir)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         """Serve the next trial in this process (reuse_actors: no new Python, no re-imports)."""
@@ -322,7 +327,7 @@ def _trial_run_dir(sweep_dir: Path, trial: Any) -> Path:
     if checkpoint is not None:
         try:
             with checkpoint.as_directory() as path:
-                return Path(json.loads((Path(path) / RUN_POINTER).read_text())["run_dir"])
+                return _read_run_pointer(path)
         except (OSError, ValueError, KeyError):
             pass
     return sweep_dir / TRIALS_DIR / trial.trial_id
@@ -385,7 +390,11 @@ def _record_trials(sweep_dir: Path) -> list[dict[str, Any]]:
 def _execute(
     sweep_dir: Path, console: Console, restore: bool, check_resources: bool
 ) -> dict[str, Any]:
-    from firm_ray.tracking.sweep_report import build_sweep_report, print_sweep_report
+    from firm_ray.tracking.sweep_report import (
+        TRIALS_JSON,
+        build_sweep_report,
+        print_sweep_report,
+    )
 
     sweep = load_sweep(sweep_dir / SPEC_FILE)
     base = sweep.base_config
@@ -415,7 +424,6 @@ def _execute(
     print_sweep_report(sweep_dir, console, build=False)
     settings = base.tracking.wandb
     if settings.enabled and settings.mode != "disabled":
-        from firm_ray.tracking.sweep_report import collect_trials
         from firm_ray.tracking.wandb_tracker import log_sweep_summary
 
         log_sweep_summary(
@@ -423,7 +431,7 @@ def _execute(
             sweep_dir,
             name=f"{sweep.spec.name}-summary",
             group=settings.group or sweep.spec.name,
-            trials=collect_trials(sweep_dir),
+            trials=json.loads((sweep_dir / TRIALS_JSON).read_text()),  # the report's rows
             reward_names=[r.name for r in base.rewards],
             images=[sweep_dir / "pareto.png", sweep_dir / "drift.png"],
         )

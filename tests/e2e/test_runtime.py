@@ -14,23 +14,13 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from tiny_world import TINY
 from transformers import AutoModelForCausalLM
 
 from firm_ray.config import load_config
 from firm_ray.runtime.loop import RunError, run
 
 pytestmark = pytest.mark.e2e
-
-TINY = [
-    "federation.num_clients=4",
-    "federation.clients_per_round=0.5",
-    "federation.local_steps=1",
-    "trainer.batch_prompts=4",
-    "trainer.generations_per_prompt=2",
-    "trainer.max_new_tokens=8",
-    "data.max_eval_prompts=16",
-    "runtime.num_cpus_per_worker=0.5",
-]
 
 
 def config(tmp_path: Path, name: str, *extra: str):

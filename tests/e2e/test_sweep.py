@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tiny_world import TINY
 
 from firm_ray.config import load_config
 from firm_ray.runtime.loop import run
@@ -25,24 +26,14 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "tune_configs" / "quickstart.yaml"
-TINY = [
-    "federation.num_clients=4",
-    "federation.clients_per_round=0.5",
-    "federation.local_steps=1",
-    "trainer.batch_prompts=4",
-    "trainer.generations_per_prompt=2",
-    "trainer.max_new_tokens=8",
-    "data.max_eval_prompts=16",
-    "runtime.num_workers=1",
-    "runtime.num_cpus_per_worker=0.5",
-]
+TINY_TRIAL = [*TINY, "runtime.num_workers=1"]  # one worker per trial: trials run side by side
 
 
 def write_sweep(tmp_path: Path, name: str, body: dict, *extra_set: str) -> Path:
     spec = {
         "name": name,
         "base": str(QUICKSTART),
-        "set": [*TINY, *extra_set],
+        "set": [*TINY_TRIAL, *extra_set],
         "output_dir": str(tmp_path / "sweeps"),
         **body,
     }
