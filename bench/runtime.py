@@ -36,6 +36,12 @@ is reported. Rounds with tasks > 15% slower than calibrated are marked in the ta
     submit, the argument fetch); imbalance (a worker idle at the start or end of the round); tail
     = last task ends -> round line (aggregation, evaluation call, RSS probe, metrics.jsonl).
     ``aggregation`` and ``orchestration_overhead`` are the loop's own metrics.jsonl fields.
+(1b) The bare Ray pool (the floor Ray itself sets; ``BarePoolWorker``): after our run of each N,
+    in the same Ray, the anchors' hand-written pool (2 actors, one task each in flight, a numpy
+    vector in, vector + 1e-3 out, the driver summing) on our workers' iteration count, charged
+    against the same calibrated task time; "firm_ray - pool" is what our runtime adds per
+    client for everything the pool leaves out (safetensors payloads, per-update checks, the
+    aggregator actor, drift, evaluation call, metrics, checkpoints).
 (2) Flower's simulation engine on the same workload: bench/flower_sim.py, run with a separate
     virtualenv (Flower pins an older Ray), created when missing (torch==2.13.0 first, then
     flwr[simulation] with torch pinned by a constraint). Same N, rounds, W = 2 actors, 4 MB
@@ -502,6 +508,75 @@ def analyse_overhead(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------- (1b) bare Ray pool
+class BarePoolWorker:
+    """The floor Ray itself sets: the anchors' hand-written pool on the same task. A numpy
+    vector (PARAMS float32) in, the calibrated matmul loop, vector + 1e-3 out; nothing else
+    (no safetensors, checks, metrics, drift, evaluation or checkpoints)."""
+
+    def __init__(self) -> None:
+        torch.set_num_threads(1)
+
+    def train(self, vector: Any, iters: int) -> tuple[Any, float]:
+        import numpy as np
+
+        compute = matmul_task(iters)
+        return vector + np.float32(1e-3), compute
+
+
+def run_bare_pool(ours: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """The bare pool at ``ours``' N, rounds and iteration count, in this process's Ray (after
+    our run released its workers): W actors with one task each in flight, the next client
+    sent to whichever finished (``ray.wait``), the driver summing the replies (as the anchors'
+    ``ray_pool_bench.py`` manual mode). Charged against our workers' calibrated task time."""
+    import numpy as np
+    import ray
+
+    n = ours["n"]
+    iters = round(statistics.fmean(c["iters"] for c in ours["calibrations"]))
+    per_iter = statistics.fmean(c["task_s"] / c["iters"] for c in ours["calibrations"])
+    task_s = per_iter * iters
+    actors = [ray.remote(num_cpus=1)(BarePoolWorker).remote() for _ in range(WORKERS)]
+    vector = np.zeros(PARAMS, dtype=np.float32)
+    round_s: list[float] = []
+    compute_sum: list[float] = []
+    try:
+        for _ in range(rounds):
+            start = time.perf_counter()
+            ref = ray.put(vector)
+            pending = {a.train.remote(ref, iters): a for a in actors[:n]}
+            sent, total, computes = len(pending), None, 0.0
+            while pending:
+                [done], _ = ray.wait(list(pending), num_returns=1)
+                actor = pending.pop(done)
+                if sent < n:
+                    pending[actor.train.remote(ref, iters)] = actor
+                    sent += 1
+                update, compute = ray.get(done)
+                total = update.copy() if total is None else np.add(total, update, out=total)
+                computes += compute
+            vector = total / n
+            round_s.append(time.perf_counter() - start)
+            compute_sum.append(computes)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    steady = round_s[1:] or round_s
+    mean_round = statistics.fmean(steady)
+    return {
+        "n": n,
+        "iters": iters,
+        "task_s": task_s,
+        "round_s": round_s,
+        "compute_sum_s": compute_sum,
+        "steady_round_s": mean_round,
+        "steady_overhead_per_client_ms": 1000 * (mean_round - n * task_s / WORKERS) / n,
+        "steady_overhead_measured_per_client_ms": statistics.fmean(
+            1000 * (r - c / WORKERS) / n for r, c in zip(round_s[1:], compute_sum[1:], strict=True)
+        ),
+    }
+
+
 # ------------------------------------------------------------------------- (2) Flower
 def ensure_flower_venv(venv: Path, console: Console) -> tuple[Path | None, str]:
     """The venv's python with flwr importable (created if missing), or (None, why not)."""
@@ -732,7 +807,7 @@ def aggregator_inprocess(count: int, reps: int = 3) -> dict[str, Any]:
     torch.set_num_threads(1)  # as in the actor (Ray sets OMP_NUM_THREADS=1 for num_cpus=0)
     base = torch.randn(PARAMS, generator=torch.Generator().manual_seed(0))
     aggregator.set_global(adapter_to_bytes({"lora": base}))
-    refs = []
+    headers, refs = [], []
     for i in range(count):
         update = ClientUpdate(
             client_id=i,
@@ -742,20 +817,17 @@ def aggregator_inprocess(count: int, reps: int = 3) -> dict[str, Any]:
             metrics={"lambda": [0.5, 0.5]},
         )
         header, payloads = encode_update(update)
-        refs.append([ray_put(header), ray_put(payloads)])  # as _dispatch hands them over
-    try:
-        aggregator.aggregate(0, refs, [])
-    except (TypeError, IndexError, AttributeError):  # an Aggregator taking [[WireUpdate ref]]
-        refs = [[ray_put((ray_get(h), ray_get(p)))] for h, p in refs]
-        aggregator.aggregate(0, refs, [])
+        headers.append(header)  # as the round loop hands them over: headers fetched, payloads
+        refs.append([ray_put(payloads)])  # by reference
+    aggregator.aggregate(0, headers, refs, [])
     times = []
     for _ in range(reps):
         start = time.perf_counter()
-        aggregator.aggregate(0, refs, [])
+        aggregator.aggregate(0, headers, refs, [])
         times.append(time.perf_counter() - start)
     profile = cProfile.Profile()
     profile.enable()
-    aggregator.aggregate(0, refs, [])
+    aggregator.aggregate(0, headers, refs, [])
     profile.disable()
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     total = sum(tt for (_, _, tt, _, _) in stats.values())
@@ -799,12 +871,6 @@ def ray_put(value: Any) -> Any:
     import ray
 
     return ray.put(value)
-
-
-def ray_get(ref: Any) -> Any:
-    import ray
-
-    return ray.get(ref)
 
 
 # ------------------------------------------------------------------------- (4) memory
@@ -949,7 +1015,9 @@ def noisy(in_client_s: float, task_s: float) -> str:
     return f"[yellow]x{in_client_s / task_s:.2f}[/]" if in_client_s > 1.15 * task_s else ""
 
 
-def overhead_table(ours: list[dict[str, Any]], flower: dict[str, Any]) -> Table:
+def overhead_table(
+    ours: list[dict[str, Any]], pools: list[dict[str, Any]], flower: dict[str, Any]
+) -> Table:
     table = Table(
         title="(1)+(2) orchestration overhead per round (round 0 / Flower round 1 = warm-up)"
     )
@@ -972,6 +1040,21 @@ def overhead_table(ours: list[dict[str, Any]], flower: dict[str, Any]) -> Table:
                 fmt(row["overhead_measured_per_client_ms"], 1),
                 noisy(row["in_client_ms"] / 1000, res["task_s"]),
             )
+    for run in pools:
+        ideal = run["n"] * run["task_s"] / WORKERS
+        for i, (rt, compute) in enumerate(zip(run["round_s"], run["compute_sum_s"], strict=True)):
+            table.add_row(
+                "bare Ray pool",
+                str(run["n"]),
+                str(i),
+                fmt(rt),
+                fmt(ideal),
+                fmt(rt - ideal),
+                fmt(1000 * (rt - ideal) / run["n"], 1),
+                fmt(1000 * compute / run["n"], 1),
+                fmt(1000 * (rt - compute / WORKERS) / run["n"], 1),
+                noisy(compute / run["n"], run["task_s"]),
+            )
     for run in flower.get("runs", []):
         ideal = run["n"] * run["task_s"] / WORKERS
         for i, rt in enumerate(run["round_s"]):
@@ -990,32 +1073,47 @@ def overhead_table(ours: list[dict[str, Any]], flower: dict[str, Any]) -> Table:
     return table
 
 
-def summary_table(ours: list[dict[str, Any]], flower: dict[str, Any]) -> Table:
-    table = Table(title=f"steady-state overhead per client (target <= {OVERHEAD_TARGET_MS} ms)")
-    for col in ("N", "task ms", "firm_ray round s", "firm_ray ovh/client ms"):
-        table.add_column(col, justify="right")
-    for col in ("(measured)", "Flower round s", "Flower ovh/client ms", "(measured)"):
-        table.add_column(col, justify="right")
-    table.add_column("Flower/ours ovh", justify="right")
-    table.add_column("Flower/ours round", justify="right")
+def summary_table(
+    ours: list[dict[str, Any]], pools: list[dict[str, Any]], flower: dict[str, Any]
+) -> Table:
+    table = Table(
+        title=f"steady-state overhead per client (target <= {OVERHEAD_TARGET_MS} ms); ours = "
+        "firm_ray, pool = bare Ray pool (1b), (meas.) = against in-task compute"
+    )
+    table.add_column("N", justify="right")
+    table.add_column("task ms", justify="right")
+    for who in ("ours", "pool", "Flower"):
+        table.add_column(f"{who} round s", justify="right")
+        table.add_column(f"{who} ovh ms", justify="right")
+        table.add_column("(meas.)", justify="right")
+    table.add_column("ours - pool ms", justify="right")
+    table.add_column("Flower / ours", justify="right")
     table.add_column("target", justify="left")
-    by_n = {run["n"]: run for run in flower.get("runs", [])}
-    if not by_n:
+    pool_by_n = {run["n"]: run for run in pools}
+    flower_by_n = {run["n"]: run for run in flower.get("runs", [])}
+    if not flower_by_n:
         table.caption = f"Flower not run: {flower.get('error') or flower.get('skipped')}"
+
+    def cells(run: dict[str, Any] | None) -> list[str]:
+        if run is None:
+            return ["-", "-", "-"]
+        return [
+            fmt(run["steady_round_s"]),
+            fmt(run["steady_overhead_per_client_ms"], 1),
+            fmt(run["steady_overhead_measured_per_client_ms"], 1),
+        ]
+
     for res in ours:
-        fl = by_n.get(res["n"])
+        pool, fl = pool_by_n.get(res["n"]), flower_by_n.get(res["n"])
         ovh = res["steady_overhead_per_client_ms"]
         table.add_row(
             str(res["n"]),
             fmt(1000 * res["task_s"], 1),
-            fmt(res["steady_round_s"]),
-            fmt(ovh, 1),
-            fmt(res["steady_overhead_measured_per_client_ms"], 1),
-            fmt(fl["steady_round_s"]) if fl else "-",
-            fmt(fl["steady_overhead_per_client_ms"], 1) if fl else "-",
-            fmt(fl["steady_overhead_measured_per_client_ms"], 1) if fl else "-",
+            *cells(res),
+            *cells(pool),
+            *cells(fl),
+            fmt(ovh - pool["steady_overhead_per_client_ms"], 1) if pool else "-",
             fmt(fl["steady_overhead_per_client_ms"] / ovh, 2) if fl and ovh > 0 else "-",
-            fmt(fl["steady_round_s"] / res["steady_round_s"], 2) if fl else "-",
             verdict(ovh <= OVERHEAD_TARGET_MS),
         )
     return table
@@ -1273,6 +1371,7 @@ def main() -> None:
     }
     work = Path(tempfile.mkdtemp(prefix="firm_ray_bench_runtime_"))
     ours: list[dict[str, Any]] = []
+    pools: list[dict[str, Any]] = []  # the bare Ray pool at each N
     # address="local": a fresh instance, never a stray `ray start` cluster of another process
     ray.init(
         address="local",
@@ -1315,11 +1414,25 @@ def main() -> None:
                 for a in attempts
             ]
             ours.append(best)
+            for attempt in range(1 + args.retries):
+                idle[f"pool_n{n}_{attempt}"] = wait_for_idle(console, args.wait_idle)
+                with console.status(f"bare Ray pool, N = {n}"):
+                    pool = run_bare_pool(best, rounds)
+                bad = disturbed_rounds([c / n for c in pool["compute_sum_s"][1:]], pool["task_s"])
+                console.print(
+                    f"bare Ray pool N={n} (attempt {attempt + 1}): steady overhead/client "
+                    f"{pool['steady_overhead_per_client_ms']:.1f} ms"
+                    + (f"; disturbed rounds {bad}, running again" if bad else "")
+                )
+                if not bad:
+                    break
+            pools.append(pool)
         with console.status("Aggregator.aggregate in-process"):
             result["aggregator_inprocess"] = aggregator_inprocess(100)
     finally:
         ray.shutdown()
     result["ours"] = ours
+    result["bare_ray_pool"] = pools
     result["memory_1000_clients"] = memory
 
     idle["aggregation"] = wait_for_idle(console, args.wait_idle)
@@ -1359,8 +1472,8 @@ def main() -> None:
         console.print(f"[yellow]Flower not run: {flower.get('error') or flower.get('skipped')}[/]")
     if flower.get("errors"):
         console.print(f"[yellow]Flower errors: {flower['errors']}[/]")
-    console.print(overhead_table(ours, flower))
-    console.print(summary_table(ours, flower))
+    console.print(overhead_table(ours, pools, flower))
+    console.print(summary_table(ours, pools, flower))
     console.print(breakdown_table(ours))
     console.print(
         aggregation_table(result["aggregation"], ours, result.get("aggregator_inprocess"))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from firm_ray.config import config_from_dict
 from firm_ray.core.aggregation import state_distance
@@ -42,84 +42,94 @@ class Aggregator:
         self.state: AdapterState | None = None
         self.client_states: dict[int, dict] = {}
         self.fmgda = self.config.algorithm.name == "fmgda"
+        self._payload: Payload | None = None  # self.state serialized, built when first asked
 
     # ------------------------------------------------------------------------- global state
     def set_global(self, payload: Payload) -> int:
-        self.state = adapter_from_bytes(payload)  # a copy: the state outlives the payload
+        self._set_state(adapter_from_bytes(payload))  # a copy: the state outlives the payload
         return memoryview(payload).nbytes
 
-    def global_payload(self) -> Payload:
-        """The global adapter's safetensors bytes as a uint8 array (zero-copy through Ray)."""
-        assert self.state is not None, "no global adapter yet"
-        return adapter_to_buffer(self.state)
+    def _set_state(self, state: AdapterState) -> None:
+        self.state, self._payload = state, None
 
-    def rss_mb(self) -> float:
-        """Resident memory of the aggregator process (it must stay flat over rounds)."""
-        return process_rss_mb()
+    def global_payload(self) -> Payload:
+        """The global adapter's safetensors bytes as a uint8 array (zero-copy through Ray),
+        serialized once per state: the round's result, its checkpoint and the final adapter
+        share it."""
+        assert self.state is not None, "no global adapter yet"
+        if self._payload is None:
+            self._payload = adapter_to_buffer(self.state)
+        return self._payload
 
     def states_for(self, client_ids: list[int]) -> dict[int, dict]:
         return {c: self.client_states.get(c, {}) for c in client_ids}
 
     # ------------------------------------------------------------------------- a round
     def aggregate(
-        self, round_index: int, wrapped_refs: list[list[Any]], failures: list[dict[str, Any]]
-    ) -> dict[str, Any]:
-        """Aggregate the updates behind ``wrapped_refs`` ([[header ref, payloads ref], ...],
-        sorted by client id; wrapped in lists so Ray hands over references, not values).
+        self,
+        round_index: int,
+        headers: list[ClientUpdate],
+        payload_refs: list[list[Any]],
+        failures: list[dict[str, Any]],
+    ) -> tuple[dict[str, Any], Payload]:
+        """Aggregate the clients' updates: ``headers`` (tensor-free, already fetched by the
+        driver) with the references to their payloads (``payload_refs[i] = [ref]``, wrapped
+        in a list so Ray hands over the reference, not the value), sorted by client id.
 
-        Returns the round's server metrics; raises RoundFailed (global state unchanged) when
-        fewer than ``min_clients`` usable updates remain.
+        Returns (the round's server metrics, the new global adapter serialized): called with
+        ``num_returns=2``, the payload goes to the workers (evaluation, next round) straight
+        from the object store. Raises RoundFailed (global state unchanged) when fewer than
+        ``min_clients`` usable updates remain.
         """
         start = time.perf_counter()
-        refs = [(w[0], w[1]) for w in wrapped_refs]
         assert self.state is not None
-        headers: list[ClientUpdate] = []
-        wires: dict[int, WireUpdate | tuple[Any, Any]] = {}  # the update or its refs
+        wires: dict[int, WireUpdate | list[Any]] = {}  # the update or its payloads' ref
         held = [0]
         bytes_up: dict[str, int] = {}
 
         def stream() -> Iterator[ClientUpdate]:
-            for ref in refs:
-                wire: WireUpdate = tuple(ray.get(list(ref)))  # type: ignore[assignment]
-                bytes_up[str(wire[0].client_id)] = payload_bytes(wire)
-                update = decode_update(wire, self.fmgda, copy=False)  # views: read only
-                headers.append(wire[0])
+            for header, ref in zip(headers, payload_refs, strict=True):
+                wire: WireUpdate = (header, ray.get(ref[0]))
+                size = payload_bytes(wire)
+                bytes_up[str(header.client_id)] = size
                 # the payloads are read-only views of the object store (the driver holds the
                 # refs until the round ends): keeping them spares the drift pass a second
                 # fetch and costs no memory on the driver's node; up to DRIFT_HOLD_BYTES, so
                 # copies fetched from other nodes do not pile up in the local store
-                size = bytes_up[str(wire[0].client_id)]
                 keep = held[0] + size <= DRIFT_HOLD_BYTES
                 held[0] += size if keep else 0
-                wires[wire[0].client_id] = wire if keep else ref
-                yield update
+                wires[header.client_id] = wire if keep else ref
+                yield decode_update(wire, self.fmgda, copy=False)  # views: read only
 
         previous = self.state
         result = self.strategy.aggregate_round(round_index, previous, stream(), failures)
-        self.state = result.state
-        for header in headers:
-            if header.client_id in result.accepted and header.client_state:
-                self.client_states[header.client_id] = header.client_state
-        drift = self._drift([wires[c] for c in result.accepted], previous)
-        lambdas = {
-            str(h.client_id): h.metrics.get("lambda")
-            for h in headers
-            if h.client_id in result.accepted
-        }
+        self._set_state(result.state)
+        by_id = {h.client_id: h for h in headers}
+        for client in result.accepted:
+            if by_id[client].client_state:
+                self.client_states[client] = by_id[client].client_state
+        drift = self._drift([(by_id[c], wires[c]) for c in result.accepted], previous)
+        lambdas = {str(c): by_id[c].metrics.get("lambda") for c in result.accepted}
         lambda_rows = [v for v in lambdas.values() if v is not None]
-        return {
+        payload = self.global_payload()
+        metrics = {
             "accepted": result.accepted,
             "rejected": result.rejected,
             "client_lambdas": lambdas,
             "disagreement": disagreement(lambda_rows) if lambda_rows else None,
             "param_drift": drift,
             "bytes_up": bytes_up,
+            "bytes_down_next": int(payload.nbytes),
             "client_metrics": {str(h.client_id): h.metrics for h in headers},
             "server": result.metrics,
             "aggregation_seconds": time.perf_counter() - start,
+            "rss_mb": process_rss_mb(),
         }
+        return metrics, payload
 
-    def _drift(self, wires: list[WireUpdate | tuple[Any, Any]], previous: AdapterState) -> float:
+    def _drift(
+        self, updates: list[tuple[ClientUpdate, WireUpdate | list[Any]]], previous: AdapterState
+    ) -> float:
         """Mean ||theta_i - theta^{t+1}|| over the accepted clients' updates, in client-id
         order (fmgda: theta_i = theta^t + the client's mean per-objective delta).
 
@@ -129,9 +139,9 @@ class Aggregator:
         faster at best, slower under load; the pass is bound by memory traffic.)"""
         assert self.state is not None
         distances = []
-        for item in wires:
-            wire = item if isinstance(item[0], ClientUpdate) else tuple(ray.get(list(item)))
-            update = decode_update(wire, self.fmgda, copy=False)  # type: ignore[arg-type]
+        for header, item in updates:
+            wire = item if isinstance(item, tuple) else (header, ray.get(item[0]))
+            update = decode_update(wire, self.fmgda, copy=False)
             if self.fmgda:
                 deltas = update.objective_deltas or []
                 local = {k: previous[k] + sum(d[k] for d in deltas) / len(deltas) for k in previous}
@@ -151,7 +161,8 @@ class Aggregator:
         tmp = root / f".round_{round_index:04d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_file({k: v.contiguous() for k, v in self.state.items()}, str(tmp / CHECKPOINT_ADAPTER))
+        # the serialized global adapter is the safetensors file (safetensors.torch.save's bytes)
+        (tmp / CHECKPOINT_ADAPTER).write_bytes(memoryview(self.global_payload()))
         payload = {
             "round": round_index,
             "adapter_order": list(self.state),
@@ -172,7 +183,7 @@ class Aggregator:
         loaded = load_file(str(path / CHECKPOINT_ADAPTER))
         info = json.loads((path / CHECKPOINT_STATE).read_text())
         order = info.get("adapter_order") or sorted(loaded)
-        self.state = {k: loaded[k] for k in order}
+        self._set_state({k: loaded[k] for k in order})
         self.client_states = {int(k): v for k, v in info.get("client_states", {}).items()}
         return info
 

@@ -39,6 +39,7 @@ from firm_ray.runtime.worker import ClientWorker
 from firm_ray.tracking.jsonl import read_metrics
 from firm_ray.tracking.report import build_summary, make_plots, print_report
 from firm_ray.tracking.wandb_tracker import make_tracker
+from firm_ray.types import ClientUpdate
 
 PLACEMENT_TIMEOUT_S = 60.0
 ROUND_RETRIES = 1
@@ -143,12 +144,14 @@ class FederatedRun:
         if checkpoint is None:
             ray.get(agg.set_global.remote(workers[0].initial_adapter.remote()))
             self.next_round = 0
-            initial = ray.get(workers[0].evaluate.remote(agg.global_payload.remote()))
+            self.payload = Broadcast.of(agg.global_payload.remote())
+            initial = ray.get(workers[0].evaluate.remote(self.payload.ref))
             self.initial_rewards = initial["rewards"]
             self.elapsed_before = 0.0
         else:
             info = ray.get(agg.load_checkpoint.remote(str(checkpoint)))
             self.next_round = info["round"] + 1
+            self.payload = Broadcast.of(agg.global_payload.remote())
             self.initial_rewards = info["initial_rewards"]
             self.elapsed_before = info.get("elapsed_s", 0.0)
             self.console.print(f"resuming after round {info['round']} from {checkpoint}")
@@ -180,7 +183,9 @@ class FederatedRun:
             f"round {round_index + 1}/{fed.rounds}: training "
             f"{fed.clients_sampled_per_round} client(s) on {len(cluster.workers)} worker(s)"
         ):
-            row = _one_round(self.config, round_index, cluster, self.console)
+            row, self.payload = _one_round(
+                self.config, round_index, cluster, self.payload, self.console
+            )
         self.tracker.log_round(round_index, row)
         _print_round(self.console, self.config, row)
         extra = {"initial_rewards": self.initial_rewards, "elapsed_s": self.elapsed()}
@@ -196,11 +201,7 @@ class FederatedRun:
         config, run_dir = self.config, self.run_dir
         try:
             if status == "completed":
-                files = ray.get(
-                    self.cluster.workers[0].adapter_files.remote(
-                        self.cluster.aggregator.global_payload.remote()
-                    )
-                )
+                files = ray.get(self.cluster.workers[0].adapter_files.remote(self.payload.ref))
                 (run_dir / "adapter").mkdir(exist_ok=True)
                 for name, content in files.items():
                     (run_dir / "adapter" / name).write_bytes(content)
@@ -364,22 +365,37 @@ def _check_trial_group(group: Any, bundle: dict[str, float], num_workers: int) -
 
 
 # ---------------------------------------------------------------------------------- rounds
+@dataclass(frozen=True)
+class Broadcast:
+    """The global adapter as the workers receive it: its object ref (serialized once by the
+    aggregator, read in place by every task) and its exact size in bytes."""
+
+    ref: Any
+    nbytes: int
+
+    @classmethod
+    def of(cls, ref: Any) -> Broadcast:
+        return cls(ref, int(ray.get(ref).nbytes))
+
+
 def _one_round(
-    config: FirmConfig, round_index: int, cluster: Cluster, console: Console
-) -> dict[str, Any]:
+    config: FirmConfig, round_index: int, cluster: Cluster, payload: Broadcast, console: Console
+) -> tuple[dict[str, Any], Broadcast]:
+    """One round from the global adapter ``payload``; (its metrics row, the new adapter)."""
     fed = config.federation
     clients = sample_clients(
         config.experiment.seed, round_index, fed.num_clients, fed.clients_sampled_per_round
     )
     for attempt in range(ROUND_RETRIES + 1):
         round_start = time.perf_counter()
-        payload = cluster.aggregator.global_payload.remote()
-        down = len(ray.get(payload))
         states = ray.get(cluster.aggregator.states_for.remote(clients))
-        results, failures = _dispatch(config, round_index, clients, payload, states, cluster)
-        wrapped = [results[c] for c in sorted(results)]
+        results, failures = _dispatch(config, round_index, clients, payload.ref, states, cluster)
+        done = sorted(results)
+        server_ref, new_payload = cluster.aggregator.aggregate.options(num_returns=2).remote(
+            round_index, [results[c][0] for c in done], [[results[c][1]] for c in done], failures
+        )
         try:
-            server = ray.get(cluster.aggregator.aggregate.remote(round_index, wrapped, failures))
+            server = ray.get(server_ref)
             break
         except ray.exceptions.RayTaskError as err:
             if not isinstance(err.cause, RoundFailed):
@@ -390,9 +406,7 @@ def _one_round(
     evaluation = None
     eval_seconds = 0.0
     if (round_index + 1) % fed.eval_every == 0 or round_index == fed.rounds - 1:
-        evaluation = ray.get(
-            cluster.workers[0].evaluate.remote(cluster.aggregator.global_payload.remote())
-        )
+        evaluation = ray.get(cluster.workers[0].evaluate.remote(new_payload))
         eval_seconds = evaluation["seconds"]
     client_metrics = server["client_metrics"]
     accepted = [str(c) for c in server["accepted"]]
@@ -423,7 +437,7 @@ def _one_round(
         "disagreement": server["disagreement"],
         "param_drift": server["param_drift"],
         "bytes_up": server["bytes_up"],
-        "bytes_down": {str(c): down for c in clients if c in results},
+        "bytes_down": {str(c): payload.nbytes for c in clients if c in results},
         "clients": clients,
         "failed": failures + server["rejected"],
         "train_rewards": [sum(col) / len(col) for col in zip(*train_rewards, strict=True)]
@@ -433,9 +447,9 @@ def _one_round(
         "timing": timing,
         "memory": {
             "driverprocess_rss_mb": process_rss_mb(),
-            "aggregatorprocess_rss_mb": ray.get(cluster.aggregator.rss_mb.remote()),
+            "aggregatorprocess_rss_mb": server["rss_mb"],
         },
-    }
+    }, Broadcast(new_payload, server["bytes_down_next"])
 
 
 def _dispatch(
@@ -445,10 +459,10 @@ def _dispatch(
     payload: Any,
     states: dict[int, dict],
     cluster: Cluster,
-) -> tuple[dict[int, list[Any]], list[dict[str, Any]]]:
+) -> tuple[dict[int, tuple[ClientUpdate, Any]], list[dict[str, Any]]]:
     """Run the clients on whichever worker is free.
 
-    Returns ({client: [header ref, payloads ref]}, failures). Each worker holds up to
+    Returns ({client: (header, payloads ref)}, failures). Each worker holds up to
     ``TASKS_IN_FLIGHT`` tasks (the next one waits in the actor's queue, so there is no gap
     between tasks), and the driver only fetches the small header of a finished task: the
     adapter payload goes from the worker to the aggregator without passing through here.
@@ -456,7 +470,7 @@ def _dispatch(
     queue = list(clients)
     running: dict[Any, tuple[int, int, Any]] = {}  # header ref -> (client, worker, payloads ref)
     slots = [w for _ in range(TASKS_IN_FLIGHT) for w in range(len(cluster.workers))]
-    results: dict[int, list[Any]] = {}
+    results: dict[int, tuple[ClientUpdate, Any]] = {}
     failures: list[dict[str, Any]] = []
     deadline = time.perf_counter() + config.federation.round_timeout_s
     while queue or running:
@@ -479,8 +493,7 @@ def _dispatch(
             break
         client, worker, payloads = running.pop(done[0])
         try:
-            ray.get(done[0])
-            results[client] = [done[0], payloads]
+            results[client] = (ray.get(done[0]), payloads)
             slots.append(worker)
         except ray.exceptions.RayActorError as err:
             failures.append({"client": client, "reason": f"worker died: {err}"[:300]})
