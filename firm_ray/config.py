@@ -172,6 +172,9 @@ class ExperimentConfig(_Section):
     """Global random seed (data partition, sampling, client selection, init)."""
     output_dir: StrictStr = "runs"
     """Directory that holds one subdirectory per run."""
+    keep_checkpoints: PosInt | None = None
+    """Round checkpoints kept in checkpoints/ (the newest ones; null = every round). A long
+    run with a large adapter keeps its disk use bounded; --resume needs only the newest."""
     description: StrictStr = ""
     """Free text recorded with the run."""
 

@@ -153,7 +153,9 @@ class Aggregator:
     # ------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, round_index: int, extra: dict[str, Any]) -> str:
         """checkpoints/round_NNNN/{adapter.safetensors,state.json}, written to a temporary
-        directory and renamed into place; ``checkpoints/latest`` names the newest."""
+        directory and renamed into place; ``checkpoints/latest`` names the newest. Older
+        rounds beyond ``experiment.keep_checkpoints`` are deleted once the new one is in
+        place."""
         assert self.state is not None
         root = self.run_dir / "checkpoints"
         root.mkdir(parents=True, exist_ok=True)
@@ -175,6 +177,10 @@ class Aggregator:
         latest_tmp = root / ".latest.tmp"
         latest_tmp.write_text(final.name)
         os.replace(latest_tmp, root / "latest")
+        keep = self.config.experiment.keep_checkpoints
+        if keep is not None:
+            for old in round_checkpoints(root)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
         return str(final)
 
     def load_checkpoint(self, directory: str) -> dict[str, Any]:
@@ -192,6 +198,16 @@ def process_rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
+
+
+def round_checkpoints(root: Path) -> list[Path]:
+    """The complete round checkpoints under ``root`` (checkpoints/), oldest first."""
+    found = []
+    for path in root.glob("round_*"):
+        number = path.name.removeprefix("round_")
+        if number.isdigit() and (path / CHECKPOINT_STATE).exists():
+            found.append((int(number), path))
+    return [path for _, path in sorted(found)]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -18,6 +18,7 @@ from tiny_world import TINY
 from transformers import AutoModelForCausalLM
 
 from firm_ray.config import load_config
+from firm_ray.runtime.aggregator import latest_checkpoint, round_checkpoints
 from firm_ray.runtime.loop import RunError, run
 
 pytestmark = pytest.mark.e2e
@@ -85,13 +86,14 @@ def test_all_clients_late_fails_the_run_clearly(tmp_path) -> None:
 
 def test_kill_after_round_two_and_resume(tmp_path) -> None:
     """A run killed (SIGKILL) after round 2 of 4 and resumed ends with the adapter of an
-    uninterrupted run."""
+    uninterrupted run; keeping only the newest checkpoint is enough to resume."""
     full = run(config(tmp_path, "full", "federation.rounds=4"))
     overrides = [
         f"experiment.output_dir={tmp_path}",
         "experiment.name=killed",
         *TINY,
         "federation.rounds=4",
+        "experiment.keep_checkpoints=1",
     ]
     cmd = [sys.executable, "-m", "firm_ray", "run", "tune_configs/quickstart.yaml"]
     for item in overrides:
@@ -102,7 +104,7 @@ def test_kill_after_round_two_and_resume(tmp_path) -> None:
     run_dir = tmp_path / "killed"
     deadline = time.time() + 300
     try:
-        while not (run_dir / "checkpoints" / "round_0001").exists():
+        while (latest_checkpoint(run_dir) or Path("round_-1")).name < "round_0001":
             assert proc.poll() is None, "the run ended before round 2"
             assert time.time() < deadline, "round 2 never finished"
             time.sleep(0.2)
@@ -121,3 +123,5 @@ def test_kill_after_round_two_and_resume(tmp_path) -> None:
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     a, b = final_adapter(Path(full["run_dir"])), final_adapter(run_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [p.name for p in round_checkpoints(run_dir / "checkpoints")] == ["round_0003"]
+    assert len(round_checkpoints(Path(full["run_dir"]) / "checkpoints")) == 4  # default: all
