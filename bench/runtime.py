@@ -90,6 +90,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -508,6 +509,65 @@ def analyse_overhead(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def calibrated_task(ours: dict[str, Any]) -> tuple[int, float]:
+    """(iterations, seconds) of the task a reference system runs at ``ours``' N: our workers'
+    mean iteration count, timed at their calibrated seconds per iteration, so every system is
+    charged against the same task time."""
+    iters = round(statistics.fmean(c["iters"] for c in ours["calibrations"]))
+    per_iter = statistics.fmean(c["task_s"] / c["iters"] for c in ours["calibrations"])
+    return iters, per_iter * iters
+
+
+def steady_overhead(
+    n: int, task_s: float, round_s: list[float], compute_sum_s: list[float]
+) -> dict[str, float]:
+    """Steady-state figures of a reference system's rounds (round 0 left out): mean round,
+    overhead per client against ``task_s`` and against the tasks' own compute."""
+    mean_round = statistics.fmean(round_s[1:] or round_s)
+    return {
+        "steady_round_s": mean_round,
+        "steady_overhead_per_client_ms": 1000 * (mean_round - n * task_s / WORKERS) / n,
+        "steady_overhead_measured_per_client_ms": statistics.fmean(
+            1000 * (r - c / WORKERS) / n
+            for r, c in zip(round_s[1:], compute_sum_s[1:], strict=True)
+        ),
+    }
+
+
+def least_disturbed(
+    console: Console,
+    label: str,
+    measure: Callable[[int], dict[str, Any]],
+    in_client_s: Callable[[dict[str, Any]], list[float]],
+    retries: int,
+    wait_idle: bool,
+    idle: dict[str, float],
+) -> dict[str, Any]:
+    """``measure(attempt)`` on an idle machine, again (up to ``retries`` times) while a steady
+    round's tasks ran > 35% slower than calibrated; the least disturbed result (the earliest
+    on a tie), with every attempt's disturbed-round count and overhead under "attempts"."""
+    attempts = []
+    for attempt in range(1 + retries):
+        idle[f"{label} #{attempt}"] = wait_for_idle(console, wait_idle)
+        with console.status(label):
+            res = measure(attempt)
+        bad = disturbed_rounds(in_client_s(res), res["task_s"])
+        attempts.append((len(bad), attempt, res))
+        console.print(
+            f"{label} (attempt {attempt + 1}): steady overhead/client "
+            f"{res['steady_overhead_per_client_ms']:.1f} ms"
+            + (f"; disturbed rounds {bad}, running again" if bad else "")
+        )
+        if not bad:
+            break
+    best = min(attempts, key=lambda a: (a[0], a[1]))[2]
+    best["attempts"] = [
+        {"disturbed": a[0], "steady_overhead_per_client_ms": a[2]["steady_overhead_per_client_ms"]}
+        for a in attempts
+    ]
+    return best
+
+
 # ------------------------------------------------------------------------- (1b) bare Ray pool
 class BarePoolWorker:
     """The floor Ray itself sets: the anchors' hand-written pool on the same task. A numpy
@@ -533,9 +593,7 @@ def run_bare_pool(ours: dict[str, Any], rounds: int) -> dict[str, Any]:
     import ray
 
     n = ours["n"]
-    iters = round(statistics.fmean(c["iters"] for c in ours["calibrations"]))
-    per_iter = statistics.fmean(c["task_s"] / c["iters"] for c in ours["calibrations"])
-    task_s = per_iter * iters
+    iters, task_s = calibrated_task(ours)
     actors = [ray.remote(num_cpus=1)(BarePoolWorker).remote() for _ in range(WORKERS)]
     vector = np.zeros(PARAMS, dtype=np.float32)
     round_s: list[float] = []
@@ -561,19 +619,13 @@ def run_bare_pool(ours: dict[str, Any], rounds: int) -> dict[str, Any]:
     finally:
         for actor in actors:
             ray.kill(actor)
-    steady = round_s[1:] or round_s
-    mean_round = statistics.fmean(steady)
     return {
         "n": n,
         "iters": iters,
         "task_s": task_s,
         "round_s": round_s,
         "compute_sum_s": compute_sum,
-        "steady_round_s": mean_round,
-        "steady_overhead_per_client_ms": 1000 * (mean_round - n * task_s / WORKERS) / n,
-        "steady_overhead_measured_per_client_ms": statistics.fmean(
-            1000 * (r - c / WORKERS) / n for r, c in zip(round_s[1:], compute_sum[1:], strict=True)
-        ),
+        **steady_overhead(n, task_s, round_s, compute_sum),
     }
 
 
@@ -625,8 +677,7 @@ def run_flower(
     merged: dict[str, Any] = {"runs": [], "errors": [], "commands": []}
     for res in ours:
         n = res["n"]
-        iters = round(statistics.fmean(c["iters"] for c in res["calibrations"]))
-        per_iter = statistics.fmean(c["task_s"] / c["iters"] for c in res["calibrations"])
+        iters, task_s = calibrated_task(res)
         out = out_dir / f"flower_sim_n{n}.json"
         cmd = [
             str(python),
@@ -655,7 +706,7 @@ def run_flower(
                 break
             result = json.loads(out.read_text())
             runs = result["runs"]
-            bad = disturbed_rounds(runs[0]["compute_mean_s"][1:], per_iter * iters) if runs else []
+            bad = disturbed_rounds(runs[0]["compute_mean_s"][1:], task_s) if runs else []
             if not bad:
                 break
             console.print(f"Flower N={n} (attempt {attempt + 1}): disturbed rounds {bad}")
@@ -664,18 +715,10 @@ def run_flower(
         merged["versions"] = result["versions"]
         merged["errors"] += result["errors"]
         for run in result["runs"]:
-            task_s = per_iter * iters
             run["iters"] = iters
             run["task_s"] = task_s
             run["task_s_flower_driver"] = result["task_s"]
-            steady = run["round_s"][1:] or run["round_s"]
-            mean_round = statistics.fmean(steady)
-            run["steady_round_s"] = mean_round
-            run["steady_overhead_per_client_ms"] = 1000 * (mean_round - n * task_s / WORKERS) / n
-            run["steady_overhead_measured_per_client_ms"] = statistics.fmean(
-                1000 * (r - c / WORKERS) / n
-                for r, c in zip(run["round_s"][1:], run["compute_sum_s"][1:], strict=True)
-            )
+            run.update(steady_overhead(n, task_s, run["round_s"], run["compute_sum_s"]))
             merged["runs"].append(run)
     if not merged["runs"]:
         merged["error"] = "; ".join(e.get("error", str(e)) for e in merged["errors"])
@@ -1026,50 +1069,35 @@ def overhead_table(
     table.add_column("in-client compute ms", justify="right")
     table.add_column("ovh(measured)/client ms", justify="right")
     table.add_column("noisy?", justify="left")
+
+    def add(system: str, n: int, i: int, rt: float, task_s: float, mean: float, total: float):
+        """One round: its period, ideal, overhead and the tasks' compute (mean, total)."""
+        ideal = n * task_s / WORKERS
+        table.add_row(
+            system,
+            str(n),
+            str(i),
+            fmt(rt),
+            fmt(ideal),
+            fmt(rt - ideal),
+            fmt(1000 * (rt - ideal) / n, 1),
+            fmt(1000 * mean, 1),
+            fmt(1000 * (rt - total / WORKERS) / n, 1),
+            noisy(mean, task_s),
+        )
+
     for res in ours:
         for row in res["rounds"]:
-            table.add_row(
-                "firm_ray",
-                str(res["n"]),
-                str(row["round"]),
-                fmt(row["round_s"]),
-                fmt(row["ideal_s"]),
-                fmt(row["overhead_s"]),
-                fmt(row["overhead_per_client_ms"], 1),
-                fmt(row["in_client_ms"], 1),
-                fmt(row["overhead_measured_per_client_ms"], 1),
-                noisy(row["in_client_ms"] / 1000, res["task_s"]),
-            )
+            mean = row["in_client_ms"] / 1000
+            total = mean * row["tasks"]
+            add("firm_ray", res["n"], row["round"], row["round_s"], res["task_s"], mean, total)
     for run in pools:
-        ideal = run["n"] * run["task_s"] / WORKERS
-        for i, (rt, compute) in enumerate(zip(run["round_s"], run["compute_sum_s"], strict=True)):
-            table.add_row(
-                "bare Ray pool",
-                str(run["n"]),
-                str(i),
-                fmt(rt),
-                fmt(ideal),
-                fmt(rt - ideal),
-                fmt(1000 * (rt - ideal) / run["n"], 1),
-                fmt(1000 * compute / run["n"], 1),
-                fmt(1000 * (rt - compute / WORKERS) / run["n"], 1),
-                noisy(compute / run["n"], run["task_s"]),
-            )
+        for i, (rt, total) in enumerate(zip(run["round_s"], run["compute_sum_s"], strict=True)):
+            add("bare Ray pool", run["n"], i, rt, run["task_s"], total / run["n"], total)
     for run in flower.get("runs", []):
-        ideal = run["n"] * run["task_s"] / WORKERS
         for i, rt in enumerate(run["round_s"]):
-            table.add_row(
-                "Flower",
-                str(run["n"]),
-                str(i),
-                fmt(rt),
-                fmt(ideal),
-                fmt(rt - ideal),
-                fmt(1000 * (rt - ideal) / run["n"], 1),
-                fmt(1000 * (run["compute_mean_s"][i] or 0.0), 1),
-                fmt(1000 * (rt - run["compute_sum_s"][i] / WORKERS) / run["n"], 1),
-                noisy(run["compute_mean_s"][i] or 0.0, run["task_s"]),
-            )
+            mean = run["compute_mean_s"][i] or 0.0
+            add("Flower", run["n"], i, rt, run["task_s"], mean, run["compute_sum_s"][i])
     return table
 
 
@@ -1388,45 +1416,29 @@ def main() -> None:
             raw_mem = run_synthetic("memory_1000", work, 1000, 0.01, args.memory_rounds, 0.01)
         memory = analyse_memory(raw_mem)
         for n in args.clients:
-            attempts = []
-            for attempt in range(1 + args.retries):
-                idle[f"ours_n{n}_{attempt}"] = wait_for_idle(console, args.wait_idle)
-                with console.status(f"firm_ray synthetic run, N = {n}"):
-                    raw = run_synthetic(f"overhead_n{n}_{attempt}", work, n, 1.0, rounds, 0.05)
-                res = analyse_overhead(raw)
-                bad = disturbed_rounds(
-                    [r["in_client_ms"] / 1000 for r in res["rounds"][1:]], res["task_s"]
-                )
-                attempts.append((len(bad), attempt, res))
-                console.print(
-                    f"firm_ray N={n} (attempt {attempt + 1}): steady overhead/client "
-                    f"{res['steady_overhead_per_client_ms']:.1f} ms"
-                    + (f"; disturbed rounds {bad}, running again" if bad else "")
-                )
-                if not bad:
-                    break
-            best = min(attempts, key=lambda a: (a[0], a[1]))[2]
-            best["attempts"] = [
-                {
-                    "disturbed": a[0],
-                    "steady_overhead_per_client_ms": a[2]["steady_overhead_per_client_ms"],
-                }
-                for a in attempts
-            ]
+            best = least_disturbed(
+                console,
+                f"firm_ray N={n}",
+                lambda attempt, n=n: analyse_overhead(
+                    run_synthetic(f"overhead_n{n}_{attempt}", work, n, 1.0, rounds, 0.05)
+                ),
+                lambda res: [r["in_client_ms"] / 1000 for r in res["rounds"][1:]],
+                args.retries,
+                args.wait_idle,
+                idle,
+            )
             ours.append(best)
-            for attempt in range(1 + args.retries):
-                idle[f"pool_n{n}_{attempt}"] = wait_for_idle(console, args.wait_idle)
-                with console.status(f"bare Ray pool, N = {n}"):
-                    pool = run_bare_pool(best, rounds)
-                bad = disturbed_rounds([c / n for c in pool["compute_sum_s"][1:]], pool["task_s"])
-                console.print(
-                    f"bare Ray pool N={n} (attempt {attempt + 1}): steady overhead/client "
-                    f"{pool['steady_overhead_per_client_ms']:.1f} ms"
-                    + (f"; disturbed rounds {bad}, running again" if bad else "")
+            pools.append(
+                least_disturbed(
+                    console,
+                    f"bare Ray pool N={n}",
+                    lambda _, best=best: run_bare_pool(best, rounds),
+                    lambda pool: [c / pool["n"] for c in pool["compute_sum_s"][1:]],
+                    args.retries,
+                    args.wait_idle,
+                    idle,
                 )
-                if not bad:
-                    break
-            pools.append(pool)
+            )
         with console.status("Aggregator.aggregate in-process"):
             result["aggregator_inprocess"] = aggregator_inprocess(100)
     finally:
