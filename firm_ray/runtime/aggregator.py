@@ -84,10 +84,11 @@ class Aggregator:
         start = time.perf_counter()
         assert self.state is not None
         wires: dict[int, WireUpdate | list[Any]] = {}  # the update or its payloads' ref
-        held = [0]
+        held = 0  # bytes of the payloads kept for the drift pass
         bytes_up: dict[str, int] = {}
 
         def stream() -> Iterator[ClientUpdate]:
+            nonlocal held
             for header, ref in zip(headers, payload_refs, strict=True):
                 wire: WireUpdate = (header, ray.get(ref[0]))
                 size = payload_bytes(wire)
@@ -96,8 +97,8 @@ class Aggregator:
                 # refs until the round ends): keeping them spares the drift pass a second
                 # fetch and costs no memory on the driver's node; up to DRIFT_HOLD_BYTES, so
                 # copies fetched from other nodes do not pile up in the local store
-                keep = held[0] + size <= DRIFT_HOLD_BYTES
-                held[0] += size if keep else 0
+                keep = held + size <= DRIFT_HOLD_BYTES
+                held += size if keep else 0
                 wires[header.client_id] = wire if keep else ref
                 yield decode_update(wire, self.fmgda, copy=False)  # views: read only
 
