@@ -316,8 +316,10 @@ class AlgorithmConfig(_Section):
     """Preference over rewards (one entry each, >= 0, sum 1); None = uniform."""
     mu: NonNegFloat = 0.0
     """FedProx proximal strength pulling local weights to the round's global adapter (0 = off)."""
-    grad_norm: Literal["none", "l2", "loss", "loss+l2"] = "none"
-    """Per-objective gradient normalization before the min-norm solve."""
+    grad_norm: Literal["none", "l2"] = "none"
+    """Per-objective gradient normalization before the min-norm solve: 'l2' scales each g_m to
+    unit norm. (LibMTL's 'loss' modes divide by |L_m|, which for a policy-gradient surrogate with
+    zero-mean advantages is ~1e-8: noise, so they are not offered.)"""
     server_lr: PosFloat = 1.0
     """Server step size on the averaged adapter update (1.0 = plain averaging)."""
 
@@ -352,6 +354,39 @@ class TrainerConfig(_Section):
     """Sampling temperature."""
     top_p: Annotated[Float, _interval("(0, 1]")] = 1.0
     """Nucleus sampling mass (1.0 = off)."""
+    top_k: NonNegInt = 0
+    """Sample only among the k most likely tokens (0 = off)."""
+    repetition_penalty: PosFloat = 1.0
+    """CTRL repetition penalty (1.0 = off). Sampling uses only these settings: whatever the
+    model's own generation_config sets (Qwen2.5-Instruct ships 1.05) is overridden and logged once.
+    With top_p < 1, top_k > 0 or a penalty the sampling distribution is not the policy; the
+    truncated importance weight (importance_cap) corrects for it."""
+    importance_cap: PosFloat = 2.0
+    """Truncated importance sampling: each token's gradient is weighted by
+    min(pi_theta(y) / pi_sample(y), importance_cap), where pi_sample is the distribution the token
+    was actually drawn from (recorded during generation). 1.0 at exact on-policy sampling."""
+    mask_truncated: StrictBool = False
+    """Leave completions that hit max_new_tokens without an EOS out of the loss (they still
+    count in the truncated-completion metric)."""
+    micro_batch_size: PosInt = 32
+    """Sequences per training forward/backward; per-objective gradients are accumulated exactly
+    over micro-batches, so peak memory follows this setting, not batch_prompts x generations."""
+    logprob_chunk_tokens: PosInt = 2048
+    """Completion tokens per chunk of the LM-head log-softmax: never more than this many rows of
+    full-vocabulary logits exist at once (recomputed in the backward)."""
+    gradient_checkpointing: StrictBool = False
+    """Recompute the decoder layers' activations in the backward (Hugging Face non-reentrant
+    checkpointing): less memory, about one more forward of compute."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """'bf16': forward and backward under bf16 autocast; per-objective gradients, the Gram
+    matrix and lambda stay float32/float64."""
+    max_skip_fraction: Annotated[Float, _interval("[0, 1]")] = 0.5
+    """The run fails, naming the first reason, once more than this fraction of all local steps so
+    far were skipped (a reward that raises, non-finite losses); 1.0 = never fail."""
+    eval_batch_prompts: PosInt = 16
+    """Evaluation prompts generated and scored at once (x eval_samples_per_prompt sequences)."""
+    eval_samples_per_prompt: PosInt = 2
+    """Completions sampled per held-out prompt at evaluation."""
     kl_coef: NonNegFloat = 0.05
     """KL penalty to the reference (adapter-free) model."""
     kl_mode: Literal["reward", "loss"] = "reward"
@@ -376,6 +411,17 @@ class TrainerConfig(_Section):
                     ("deepspeed_config",),
                     "required when trainer.backend is 'deepspeed' (path to a DeepSpeed config)",
                     None,
+                )
+            )
+        sequences = self.batch_prompts * self.generations_per_prompt
+        if self.backend == "deepspeed" and self.micro_batch_size < sequences:
+            problems.append(
+                _Problem(
+                    ("micro_batch_size",),
+                    f"must be >= batch_prompts x generations_per_prompt ({sequences}) with "
+                    "trainer.backend 'deepspeed' (its engine backpropagates one combined loss; "
+                    "micro-batching is implemented for the torch backend)",
+                    self.micro_batch_size,
                 )
             )
         if self.advantage == "group" and self.generations_per_prompt < 2:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 GradMethod = Literal["auto", "factored", "autograd", "batched"]
-GradNorm = Literal["none", "l2", "loss", "loss+l2"]
+GradNorm = Literal["none", "l2"]
 
 _TINY = 1e-12
 
@@ -68,7 +68,7 @@ def per_objective_grads(
         )
         return torch.cat(
             [
-                (g if g is not None else torch.zeros(losses.shape[0], *p.shape)).reshape(
+                (g if g is not None else losses.new_zeros(losses.shape[0], *p.shape)).reshape(
                     losses.shape[0], -1
                 )
                 for g, p in zip(grads, params, strict=True)
@@ -123,6 +123,13 @@ class ObjectiveGradients:
             raise ValueError(f"method = {method!r}: must be auto, factored, autograd or batched")
         self.method: GradMethod = method
         self.can_factor = owners is not None
+        # Gradients are float32 at least (bf16/fp16 LoRA params still get a float32 Gram).
+        self.grad_dtype = torch.promote_types(self.params[0].dtype, torch.float32)
+        self._slices: dict[int, tuple[int, int]] = {}
+        offset = 0
+        for p in self.params:
+            self._slices[id(p)] = (offset, p.numel())
+            offset += p.numel()
         self._owners = owners or {}
         self._records: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
 
@@ -174,40 +181,45 @@ class ObjectiveGradients:
     def _factored(
         self, token_terms: torch.Tensor, seq_weights: torch.Tensor, retain_graph: bool = False
     ) -> torch.Tensor:
+        """One backward per shared term; each trainable Linear's output gradient is turned into
+        its M weight gradients by a tensor hook the moment the backward produces it, so only a
+        few layer-output gradients are alive at a time (not all of them at once)."""
         if not self._records:
             raise RuntimeError(
                 "no recorded activations: run the forward pass inside ObjectiveGradients.capture()"
             )
         num_terms, num_seqs = token_terms.shape[0], token_terms.shape[1]
         num_obj = seq_weights.shape[0]
-        outputs = [out for _, _, out in self._records]
-        param_grads: dict[int, torch.Tensor] = {}
-        for k in range(num_terms):
-            deltas = torch.autograd.grad(
-                token_terms[k].sum(),
-                outputs,
-                retain_graph=retain_graph or k < num_terms - 1,
-                allow_unused=True,
-            )
-            weights = seq_weights[:, k, :]
-            for (module, x, _), delta in zip(self._records, deltas, strict=True):
-                if delta is None:
-                    continue
-                if x.shape[0] != num_seqs or delta.shape[0] != num_seqs:
-                    raise RuntimeError(
-                        f"a trainable Linear saw a batch of {x.shape[0]} rows, expected {num_seqs} "
-                        "sequences first: use method='autograd' for this model"
-                    )
-                for name, grad in _linear_grads(module, x, delta, weights.to(x.dtype)).items():
-                    key = id(getattr(module, name))
-                    param_grads[key] = param_grads[key] + grad if key in param_grads else grad
-        rows = torch.zeros(num_obj, self.numel, dtype=self.params[0].dtype)
-        offset = 0
-        for p in self.params:
-            grad = param_grads.get(id(p))
-            if grad is not None:
-                rows[:, offset : offset + p.numel()] = grad.reshape(num_obj, -1).to(rows.dtype)
-            offset += p.numel()
+        rows = token_terms.new_zeros(num_obj, self.numel, dtype=self.grad_dtype)
+        current: dict[str, torch.Tensor] = {}
+
+        def consume(module: nn.Linear, x: torch.Tensor, delta: torch.Tensor) -> None:
+            if x.shape[0] != num_seqs or delta.shape[0] != num_seqs:
+                raise RuntimeError(
+                    f"a trainable Linear saw a batch of {x.shape[0]} rows, expected {num_seqs} "
+                    "sequences first: use method='autograd' for this model"
+                )
+            weights = current["weights"]
+            for name, grad in _linear_grads(module, x, delta, weights).items():
+                start, size = self._slices[id(getattr(module, name))]
+                rows[:, start : start + size] += grad.reshape(num_obj, -1)
+
+        handles = [
+            out.register_hook(lambda delta, m=module, x=x: consume(m, x, delta))
+            for module, x, out in self._records
+        ]
+        try:
+            for k in range(num_terms):
+                current["weights"] = seq_weights[:, k, :].to(self.grad_dtype)
+                torch.autograd.grad(
+                    token_terms[k].sum(),
+                    self.params,
+                    retain_graph=retain_graph or k < num_terms - 1,
+                    allow_unused=True,
+                )
+        finally:
+            for handle in handles:
+                handle.remove()
         return rows
 
 
@@ -215,8 +227,8 @@ def assign_flat_grad(params: Sequence[torch.Tensor], flat: torch.Tensor) -> None
     """Write a flat [P] direction into ``p.grad`` so any torch optimizer can take the step."""
     offset = 0
     for p in params:
-        chunk = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
-        p.grad = chunk.clone()
+        chunk = flat[offset : offset + p.numel()].view_as(p)
+        p.grad = chunk.to(device=p.device, dtype=p.dtype, copy=True)
         offset += p.numel()
     if offset != flat.numel():
         raise ValueError(f"direction has {flat.numel()} entries, parameters have {offset}")
@@ -228,36 +240,24 @@ def gram_matrix(grads: torch.Tensor) -> torch.Tensor:
     return g @ g.T
 
 
-def gradient_scales(
-    grads: torch.Tensor, losses: torch.Tensor | None = None, mode: GradNorm = "none"
-) -> torch.Tensor:
-    """Per-objective factors c_m so that normalized gradients are c_m * g_m (LibMTL's choices).
+def gradient_scales(grads: torch.Tensor, mode: GradNorm = "none") -> torch.Tensor:
+    """Per-objective float64 factors c_m (on the gradients' device) so that normalized gradients
+    are c_m * g_m: ``l2``: 1 / ||g_m|| (a zero gradient stays zero); ``none``: 1.
 
-    ``l2``: 1 / ||g_m||; ``loss``: 1 / |L_m|; ``loss+l2``: 1 / (|L_m| ||g_m||); ``none``: 1.
-    Policy-gradient losses can be negative or near zero, hence |L_m| with a floor; a zero
-    gradient stays zero.
+    LibMTL's ``loss`` modes (1 / |L_m|) are deliberately absent: a policy-gradient surrogate
+    with zero-mean advantages has |L_m| ~ 1e-8 whatever the objective, so they made lambda noise.
     """
-    num_obj = grads.shape[0]
-    ones = torch.ones(num_obj, dtype=torch.float64)
+    ones = torch.ones(grads.shape[0], dtype=torch.float64, device=grads.device)
     if mode == "none":
         return ones
-    if mode not in ("l2", "loss", "loss+l2"):
-        raise ValueError(f"grad_norm = {mode!r}: must be none, l2, loss or loss+l2")
-    denom = ones.clone()
-    if mode in ("l2", "loss+l2"):
-        denom = denom * grads.double().norm(dim=1).clamp_min(_TINY)
-    if mode in ("loss", "loss+l2"):
-        if losses is None:
-            raise ValueError(f"grad_norm = {mode!r} needs the per-objective losses")
-        denom = denom * losses.detach().double().abs().clamp_min(_TINY)
-    return 1.0 / denom
+    if mode != "l2":
+        raise ValueError(f"grad_norm = {mode!r}: must be none or l2")
+    return ones / grads.double().norm(dim=1).clamp_min(_TINY)
 
 
-def normalize_gradients(
-    grads: torch.Tensor, losses: torch.Tensor | None = None, mode: GradNorm = "none"
-) -> torch.Tensor:
+def normalize_gradients(grads: torch.Tensor, mode: GradNorm = "none") -> torch.Tensor:
     """[M, P] gradients scaled by :func:`gradient_scales`."""
-    return grads * gradient_scales(grads, losses, mode).to(grads.dtype)[:, None]
+    return grads * gradient_scales(grads, mode).to(grads.dtype)[:, None]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,8 +306,8 @@ def _linear_grads(
     x [S, ..., in], delta [S, ..., out] = dL/d(output) of the shared term, weights [M, S].
     """
     num_obj, num_seqs = weights.shape
-    x = x.reshape(num_seqs, -1, x.shape[-1])
-    delta = delta.reshape(num_seqs, -1, delta.shape[-1]).to(x.dtype)
+    x = x.detach().reshape(num_seqs, -1, x.shape[-1]).to(weights.dtype)
+    delta = delta.reshape(num_seqs, -1, delta.shape[-1]).to(weights.dtype)
     grads: dict[str, torch.Tensor] = {}
     if module.weight.requires_grad:
         n_tokens = num_seqs * x.shape[1]

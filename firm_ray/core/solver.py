@@ -67,7 +67,7 @@ def firm_weights(
         lam = _closed_form_2(matrix, beta, pref)
     else:
         lam = _wolfe_min_norm_point(_augmented_gram(matrix, beta, pref), pref)
-    return torch.as_tensor(lam, dtype=out_dtype)
+    return torch.as_tensor(lam, dtype=out_dtype, device=gram.device)
 
 
 def effective_beta(gram: torch.Tensor, beta: float, scale: BetaScale = "relative") -> float:

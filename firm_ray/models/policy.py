@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +123,21 @@ def lora_config_for(model: Any, config: LoraConfig) -> Any:
 
 @dataclass
 class Policy:
-    """A base model with one LoRA adapter, its tokenizer and device."""
+    """A base model with one LoRA adapter, its tokenizer and device.
+
+    ``device`` is THE device of a client: every tensor of a local step and of evaluation is
+    created on it (rewards may score elsewhere; their scores are moved here). ``eos_token_ids``
+    are every id that ends a completion (tokenizer EOS + the model's generation_config list).
+    ``generation_overrides`` says what the model's own generation_config would have changed
+    about sampling (e.g. Qwen2.5-Instruct's repetition_penalty 1.05); firm_ray samples with its
+    config alone, so these are reported, never applied.
+    """
 
     model: Any  # peft.PeftModel
     tokenizer: Any
     device: torch.device
+    eos_token_ids: tuple[int, ...] = ()
+    generation_overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -158,13 +168,11 @@ def load_policy(model_config: ModelConfig, lora_config: LoraConfig, seed: int = 
     device = resolve_device(model_config.device)
     tokenizer = load_tokenizer(model_config)
     base = load_base_model(model_config, device)
-    if base.generation_config.pad_token_id is None:
-        base.generation_config.pad_token_id = tokenizer.pad_token_id
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = get_peft_model(base, lora_config_for(base, lora_config))
     model.eval()
-    return Policy(model=model, tokenizer=tokenizer, device=device)
+    return _policy(model, tokenizer, device)
 
 
 def load_trained_policy(
@@ -181,4 +189,57 @@ def load_trained_policy(
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load adapter {str(adapter_dir)!r}: {err}") from err
     model.eval()
-    return Policy(model=model, tokenizer=tokenizer, device=device)
+    return _policy(model, tokenizer, device)
+
+
+# Sampling settings a checkpoint's generation_config may carry that would change what is sampled.
+_SAMPLING_FIELDS = (
+    "do_sample",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "min_new_tokens",
+    "min_length",
+    "bad_words_ids",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "encoder_repetition_penalty",
+)
+
+
+def _policy(model: Any, tokenizer: Any, device: torch.device) -> Policy:
+    """Wrap the model; collect its EOS ids and replace its generation_config by a neutral one.
+
+    transformers fills every field a ``generate(generation_config=...)`` call leaves unset from
+    the model's own generation_config, so a checkpoint's repetition penalty or top-k would
+    silently change the sampling distribution. The base model keeps only ids (pad, bos, eos).
+    """
+    from transformers import GenerationConfig
+
+    base = model.get_base_model()
+    original = base.generation_config
+    eos: list[int] = []
+    for source in (tokenizer.eos_token_id, original.eos_token_id, base.config.eos_token_id):
+        for token in source if isinstance(source, (list, tuple)) else [source]:
+            if token is not None and int(token) not in eos:
+                eos.append(int(token))
+    if not eos:
+        raise ModelLoadError("neither the tokenizer nor the model names an EOS token")
+    default = GenerationConfig()
+    overrides = {
+        name: getattr(original, name)
+        for name in _SAMPLING_FIELDS
+        if getattr(original, name, None) != getattr(default, name, None)
+    }
+    base.generation_config = GenerationConfig(
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=original.bos_token_id,
+        eos_token_id=eos,
+    )
+    return Policy(model, tokenizer, device, tuple(eos), overrides)

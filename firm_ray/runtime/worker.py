@@ -144,11 +144,16 @@ class ClientWorker:
             self.policy,
             self.rewards,
             self.eval_prompts,
-            samples_per_prompt=2,
+            samples_per_prompt=cfg.trainer.eval_samples_per_prompt,
             max_new_tokens=cfg.trainer.max_new_tokens,
             temperature=cfg.trainer.temperature,
             top_p=cfg.trainer.top_p,
             seed=cfg.experiment.seed,
+            batch_prompts=cfg.trainer.eval_batch_prompts,
+            top_k=cfg.trainer.top_k,
+            repetition_penalty=cfg.trainer.repetition_penalty,
+            max_prompt_tokens=cfg.model.max_prompt_tokens,
+            chunk_tokens=cfg.trainer.logprob_chunk_tokens,
         )
         result["seconds"] = time.perf_counter() - start
         return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -24,14 +25,21 @@ def evaluate_policy(
     temperature: float = 1.0,
     top_p: float = 1.0,
     seed: int = 0,
-    batch_prompts: int = 64,
+    batch_prompts: int = 16,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    max_prompt_tokens: int | None = None,
+    chunk_tokens: int = 2048,
 ) -> dict[str, Any]:
     """Sample ``samples_per_prompt`` completions per prompt (seeded) and score them.
 
+    Memory is set by ``batch_prompts`` x ``samples_per_prompt`` sequences per pass and by
+    ``chunk_tokens`` (log-probs never materialize full-vocabulary logits for the batch).
     Returns ``rewards`` (mean per objective, in reward order), ``rewards_by_category``
-    ({category: [mean per objective]}) and ``kl`` (mean sequence log-ratio to the reference:
-    an unbiased estimate of KL(pi || pi_ref) per prompt). Normalized rewards are scored raw
-    (their ``inner`` scorer) so evaluation never moves the normalization statistics.
+    ({category: [mean per objective]}) and ``kl`` (mean sequence log-ratio to the reference at
+    the sampling temperature: an unbiased estimate of KL(pi || pi_ref) per prompt). Normalized
+    rewards are scored raw (their ``inner`` scorer) so evaluation never moves the normalization
+    statistics. Scores stay where rewards put them (CPU); log-probs on the policy's device.
     """
     scorers = [getattr(r, "inner", r) for r in rewards]
     policy.model.eval()
@@ -46,21 +54,29 @@ def evaluate_policy(
             temperature,
             top_p,
             seed=seed + start,
+            max_prompt_tokens=max_prompt_tokens,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
         )
         all_scores.append(score_all(scorers, samples.prompts, samples.completions))
-        logp = token_logprobs(
-            policy.model, samples.input_ids, samples.attention_mask, samples.prompt_length
+        logprobs = partial(
+            token_logprobs,
+            policy.model,
+            samples.input_ids,
+            samples.attention_mask,
+            samples.prompt_length,
+            temperature=temperature,
+            chunk_tokens=chunk_tokens,
         )
+        logp = logprobs()
         with policy.reference():
-            ref = token_logprobs(
-                policy.model, samples.input_ids, samples.attention_mask, samples.prompt_length
-            )
-        all_kl.append(sequence_kl(logp, ref, samples.completion_mask))
+            ref = logprobs()
+        all_kl.append(sequence_kl(logp, ref, samples.completion_mask).cpu())
         categories += [p.category for p in chunk for _ in range(samples_per_prompt)]
     scores = torch.cat(all_scores)
     by_category: dict[str, list[float]] = {}
     for category in sorted({c for c in categories if c is not None}):
-        rows = torch.tensor([c == category for c in categories])
+        rows = torch.tensor([c == category for c in categories], device=scores.device)
         by_category[category] = scores[rows].mean(dim=0).tolist()
     return {
         "rewards": scores.mean(dim=0).tolist(),

@@ -24,12 +24,11 @@ every round (standard in FL; nothing but the adapter survives a round).
 
 from __future__ import annotations
 
-import math
+import contextlib
+import logging
 import random
-import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -42,18 +41,31 @@ from firm_ray.core.aggregation import first_non_finite, state_delta
 from firm_ray.core.gradients import ObjectiveGradients, gradient_scales, losses_from_terms
 from firm_ray.data.prompts import Prompt
 from firm_ray.models.adapter import get_adapter_state, set_adapter_state
-from firm_ray.models.generation import sample_completions
+from firm_ray.models.generation import Samples, sample_completions
 from firm_ray.models.policy import Policy
 from firm_ray.rewards import RewardError, score_all
 from firm_ray.trainer.backends import Backend, build_backend
 from firm_ray.trainer.losses import (
+    SurrogateLoss,
     advantages,
     baseline_centered,
+    causal_lm,
     sequence_kl,
     surrogate_loss,
     token_logprobs,
 )
+from firm_ray.trainer.step_parts import (
+    EpochState,
+    Timer,
+    merge_metric,
+    micro_batches,
+    set_activation_checkpointing,
+    skip_step,
+    summarize,
+)
 from firm_ray.types import AdapterState, ClientUpdate
+
+logger = logging.getLogger(__name__)
 
 
 def derive_seed(*parts: int) -> int:
@@ -85,10 +97,25 @@ class LocalTrainer:
         self.max_prompt_tokens = max_prompt_tokens
         self.seed = seed
         self.num_objectives = len(self.rewards)
+        # THE device of every tensor of a local step: the policy's (decided once, at load time).
+        self.device = policy.device
         self.preference = torch.tensor(
-            algorithm.preference_vector(self.num_objectives), dtype=torch.float64
+            algorithm.preference_vector(self.num_objectives),
+            dtype=torch.float64,
+            device=self.device,
         )
         self.params = policy.trainable_parameters
+        set_activation_checkpointing(causal_lm(policy.model), trainer.gradient_checkpointing)
+        if policy.generation_overrides:
+            logger.warning(
+                "the model's generation_config sets %s; firm_ray samples with trainer.* only "
+                "(temperature=%g, top_p=%g, top_k=%d, repetition_penalty=%g) and ignores them",
+                ", ".join(f"{k}={v!r}" for k, v in policy.generation_overrides.items()),
+                trainer.temperature,
+                trainer.top_p,
+                trainer.top_k,
+                trainer.repetition_penalty,
+            )
         self.backend: Backend = build_backend(policy.model, self.params, trainer)
         self.grads = ObjectiveGradients(policy.model, self.params)
         # LoRA dropout makes the training forward differ from the sampling one: then the first
@@ -124,7 +151,10 @@ class LocalTrainer:
             global_adapter, prompts, client_id, round_index, mode, self.preference
         )
         adapter = get_adapter_state(self.policy.model)
-        return self._finish(client_id, round_index, len(prompts), metrics, adapter=adapter)
+        empty = int(metrics["steps"]) if metrics["skipped_steps"] >= metrics["steps"] else 0
+        return self._finish(
+            client_id, round_index, len(prompts), metrics, adapter=adapter, all_skipped=empty
+        )
 
     def _run_fmgda(
         self,
@@ -136,17 +166,22 @@ class LocalTrainer:
         """fmgda client: one K-step trajectory per objective from theta^t; M deltas back."""
         deltas: list[AdapterState] = []
         merged: dict[str, Any] = defaultdict(list)
+        empty = 0
         for m in range(self.num_objectives):
-            onehot = torch.zeros(self.num_objectives, dtype=torch.float64)
+            onehot = torch.zeros(self.num_objectives, dtype=torch.float64, device=self.device)
             onehot[m] = 1.0
             metrics = self._trajectory(
                 global_adapter, prompts, client_id, round_index, "fixed", onehot, trajectory=m
             )
             deltas.append(state_delta(get_adapter_state(self.policy.model), global_adapter))
+            if metrics["skipped_steps"] >= metrics["steps"]:
+                empty = empty or int(metrics["steps"])
             for key, value in metrics.items():
                 merged[key].append(value)
-        metrics = {k: _mean_metric(v) for k, v in merged.items()}
-        return self._finish(client_id, round_index, len(prompts), metrics, deltas=deltas)
+        metrics = {k: merge_metric(k, v) for k, v in merged.items()}
+        return self._finish(
+            client_id, round_index, len(prompts), metrics, deltas=deltas, all_skipped=empty
+        )
 
     def _finish(
         self,
@@ -156,9 +191,17 @@ class LocalTrainer:
         metrics: dict[str, Any],
         adapter: AdapterState | None = None,
         deltas: list[AdapterState] | None = None,
+        all_skipped: int = 0,
     ) -> ClientUpdate:
+        """The update; ``all_skipped`` > 0: every one of that many steps of a trajectory was
+        skipped, so there is nothing to send (reported, left out of the average)."""
         tensors = [adapter] if adapter is not None else deltas or []
         bad = [k for k in map(first_non_finite, tensors) if k]
+        reason = f"non-finite adapter tensor {bad[0]!r}" if bad else ""
+        if all_skipped:  # theta^t back would dilute the average: the update is left out
+            reasons = metrics.get("skip_reasons") or ["unknown"]
+            reason = f"all {all_skipped} local steps skipped: {reasons[0]}"
+            adapter, deltas = None, None
         return ClientUpdate(
             client_id=client_id,
             round=round_index,
@@ -166,8 +209,8 @@ class LocalTrainer:
             adapter=adapter,
             objective_deltas=deltas,
             metrics=metrics,
-            valid=not bad,
-            reason=f"non-finite adapter tensor {bad[0]!r}" if bad else "",
+            valid=not reason,
+            reason=reason,
         )
 
     # ------------------------------------------------------------------- K local steps
@@ -185,12 +228,13 @@ class LocalTrainer:
         self.backend.reset()
         anchor = [p.detach().clone() for p in self.params] if self.algorithm.mu > 0 else None
         log: dict[str, list] = defaultdict(list)
-        with torch.random.fork_rng(devices=[]):
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
             for step in range(self.local_steps):
                 seed = derive_seed(self.seed, client_id, round_index, trajectory, step)
                 torch.manual_seed(seed)  # LoRA dropout and anything else drawing from torch
                 self._local_step(prompts, seed, mode, preference, anchor, log)
-        return _summarize(log, self.num_objectives)
+        return summarize(log, self.num_objectives)
 
     def _local_step(
         self,
@@ -203,12 +247,13 @@ class LocalTrainer:
     ) -> None:
         cfg = self.cfg
         policy = self.policy
-        timer = _Timer(log)
+        timer = Timer(log)
+        log["steps"].append(1.0)
 
-        # 1. sample prompts and completions (no grad)
+        # 1. sample prompts and completions (no grad), recording the sampling log-probs
         rng = random.Random(seed)
         batch = [prompts[rng.randrange(len(prompts))].text for _ in range(cfg.batch_prompts)]
-        with timer("generate"):
+        with timer("generate"), self._autocast():
             policy.model.eval()
             samples = sample_completions(
                 policy,
@@ -219,93 +264,153 @@ class LocalTrainer:
                 cfg.top_p,
                 seed=seed,
                 max_prompt_tokens=self.max_prompt_tokens,
+                top_k=cfg.top_k,
+                repetition_penalty=cfg.repetition_penalty,
             )
-        # 2. score with every reward
+        log["truncated_fraction"].append(float(samples.truncated.float().mean()))
+        # 2. score with every reward (rewards score where they like; scores come to the device)
         with timer("score"):
             try:
                 rewards = score_all(self.rewards, samples.prompts, samples.completions)
             except RewardError as err:
-                log["skipped_steps"].append(1.0)
-                log["skip_reasons"].append(str(err))
-                return
+                return skip_step(log, str(err))
+        rewards = rewards.to(device=self.device, dtype=torch.float32)
         log["rewards"].append(rewards.mean(dim=0).tolist())
-
-        # 3. reference and sampling-time log-probs (no grad). The sampling-time pass is only
-        # needed when the policy moves before it is used (several PPO epochs) or the training
-        # forward is stochastic; otherwise epoch 0's own forward, detached, is exactly it.
-        ids, attn = samples.input_ids, samples.attention_mask
         mask = samples.completion_mask.to(torch.float32)
-        old_logp = ref_logp = adv = None
+        if cfg.mask_truncated:
+            mask = mask * (~samples.truncated)[:, None].to(mask.dtype)
+            if not bool(mask.any()):
+                return skip_step(log, "every completion was truncated (trainer.mask_truncated)")
+
+        # 3. per-objective advantages; reference log-probs (no grad) for the KL penalty
+        adv = advantages(rewards, samples.group_size, cfg.advantage)
+        ref_logp = old_logp = None
         with timer("forward"), torch.no_grad():
-            if cfg.ppo_epochs > 1 or self.stochastic_forward:
-                old_logp = token_logprobs(policy.model, ids, attn, samples.prompt_length)
             if cfg.kl_coef > 0:
                 with policy.reference():
-                    ref_logp = token_logprobs(policy.model, ids, attn, samples.prompt_length)
+                    ref_logp = self._logprobs(samples)
+            if self.stochastic_forward:  # LoRA dropout: the training forward is not pi_old
+                old_logp = self._logprobs(samples)
+        if ref_logp is not None:
+            kl = sequence_kl(samples.sample_logp, ref_logp, mask)
+            log["kl"].append(float(kl.mean()))
+            if cfg.kl_mode == "reward":
+                penalty = baseline_centered(kl, samples.group_size, cfg.advantage)
+                adv = adv - cfg.kl_coef * penalty[:, None]
 
-        # 4-8. PPO epochs over the same batch
+        # 4-8. PPO epochs over the same batch, micro-batched
         policy.model.train()
+        state = EpochState(samples, mask, adv, ref_logp, old_logp)
         for epoch in range(cfg.ppo_epochs):
-            with timer("forward"), self.grads.capture():
-                logp = token_logprobs(self.backend.forward_model, ids, attn, samples.prompt_length)
-            if old_logp is None:
-                old_logp = logp.detach()
-            if adv is None:  # per-objective advantages, with the KL penalty in reward mode
-                adv = advantages(rewards.to(torch.float32), samples.group_size, cfg.advantage)
-                if ref_logp is not None:
-                    kl = sequence_kl(old_logp, ref_logp, mask)
-                    log["kl"].append(float(kl.mean()))
-                    if cfg.kl_mode == "reward":
-                        penalty = baseline_centered(kl, samples.group_size, cfg.advantage)
-                        adv = adv - cfg.kl_coef * penalty[:, None]
-            loss = surrogate_loss(
-                logp,
-                old_logp,
-                mask,
-                adv,
-                cfg.clip_eps,
-                first_epoch=epoch == 0 and not self.stochastic_forward,
-                ref_logp=ref_logp if cfg.kl_mode == "loss" else None,
-                kl_coef=cfg.kl_coef,
-            )
-            losses = losses_from_terms(loss.terms, loss.weights).detach()
-            log["clip_fraction"].append(loss.clip_fraction)
-            weights = loss.weights
-            if mode == "fixed":  # one combined objective: sum_m p_m L_m
-                weights = torch.einsum("m,mks->ks", preference.to(weights.dtype), weights)[None]
-            with timer("backward"):
-                grads = self.grads.compute(
-                    loss.terms, weights, retain_graph=self.backend.needs_graph
-                )
-            if not (torch.isfinite(grads).all() and torch.isfinite(losses).all()):
-                log["skipped_steps"].append(1.0)
-                log["skip_reasons"].append("non-finite loss or gradient")
-                return
+            first = epoch == 0 and not self.stochastic_forward
+            grads, losses, last = self._epoch_gradients(state, first, mode, preference, timer)
+            log["clip_fraction"].append(float(state.clipped / state.tokens.clamp_min(1.0)))
+            if not (bool(torch.isfinite(grads).all()) and bool(torch.isfinite(losses).all())):
+                return skip_step(log, "non-finite loss or gradient")
+            if epoch == 0:
+                log["importance_weight"].append(float(state.mean_importance_weight()))
             with timer("solve"):
-                lam, direction, scales = self._direction(grads, losses, mode, preference, anchor)
+                lam, direction, scales = self._direction(grads, mode, preference, anchor)
             log["lambda"].append(lam.tolist())
             log["losses"].append(losses.tolist())
 
             coef = lam * scales if mode == "firm" else preference
-            combined = partial(self._combined_loss, loss.terms, loss.weights, coef, anchor)
+            combined = partial(self._combined_loss, last.terms, last.weights, coef, anchor)
             with timer("step"):
                 log["grad_norm"].append(self.backend.apply(direction, combined))
         log["skipped_steps"].append(0.0)
 
+    def _epoch_gradients(
+        self,
+        state: EpochState,
+        first_epoch: bool,
+        mode: str,
+        preference: torch.Tensor,
+        timer: Timer,
+    ) -> tuple[torch.Tensor, torch.Tensor, SurrogateLoss]:
+        """[M, P] per-objective gradients (fixed mode: [1, P] of sum_m p_m L_m) and [M] losses
+        of one PPO epoch, accumulated exactly over micro-batches: the loss is a sum over
+        sequences, so each micro-batch adds its share and nothing else is kept between them."""
+        cfg = self.cfg
+        samples, num_seqs = state.samples, state.samples.input_ids.shape[0]
+        grads = losses = last = None
+        state.clipped = state.tokens = torch.zeros((), device=self.device)
+        for rows in micro_batches(num_seqs, cfg.micro_batch_size):
+            with timer("forward"), self.grads.capture(), self._autocast():
+                logp = self._logprobs(samples, rows, model=self.backend.forward_model)
+            old = state.old_logp[rows] if state.old_logp is not None else logp.detach()
+            weight = state.importance_weight(rows, old, cfg.importance_cap)
+            last = surrogate_loss(
+                logp,
+                old,
+                state.mask[rows],
+                state.adv[rows],
+                cfg.clip_eps,
+                first_epoch=first_epoch,
+                ref_logp=state.ref_logp[rows] if cfg.kl_mode == "loss" and cfg.kl_coef else None,
+                kl_coef=cfg.kl_coef,
+                num_seqs=num_seqs,
+                token_weight=weight,
+            )
+            state.clipped += last.clipped_tokens
+            state.tokens += last.tokens
+            weights = last.weights
+            if mode == "fixed":  # one combined objective: sum_m p_m L_m
+                weights = torch.einsum("m,mks->ks", preference.to(weights.dtype), weights)[None]
+            with timer("backward"):
+                part = self.grads.compute(
+                    last.terms, weights, retain_graph=self.backend.needs_graph
+                )
+            part_losses = losses_from_terms(last.terms.detach(), last.weights)
+            grads = part if grads is None else grads + part
+            losses = part_losses if losses is None else losses + part_losses
+        state.keep_old_logp_from_first_epoch()
+        return grads, losses, last
+
+    def _logprobs(
+        self, samples: Samples, rows: slice | None = None, model: Any = None
+    ) -> torch.Tensor:
+        """Completion log-probs at the sampling temperature; without ``rows``, micro-batched
+        over the whole batch (no-grad passes: reference, stochastic-forward pi_old)."""
+        cfg = self.cfg
+        if rows is None:
+            with self._autocast():
+                return torch.cat(
+                    [
+                        self._logprobs(samples, part, model)
+                        for part in micro_batches(samples.input_ids.shape[0], cfg.micro_batch_size)
+                    ]
+                )
+        return token_logprobs(
+            model if model is not None else self.policy.model,
+            samples.input_ids[rows],
+            samples.attention_mask[rows],
+            samples.prompt_length,
+            temperature=cfg.temperature,
+            chunk_tokens=cfg.logprob_chunk_tokens,
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on the policy's device when trainer.mixed_precision is bf16."""
+        return torch.autocast(
+            device_type=self.device.type,
+            dtype=torch.bfloat16,
+            enabled=self.cfg.mixed_precision == "bf16",
+        )
+
     def _direction(
         self,
         grads: torch.Tensor,
-        losses: torch.Tensor,
         mode: str,
         preference: torch.Tensor,
         anchor: list[torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(lambda, flat direction, normalization scales) for this step."""
+        """(lambda, flat direction, normalization scales) for this step, on the policy device."""
         prox = self._proximal_grad(anchor)
         if mode == "fixed":
             direction = grads[0] + (prox if prox is not None else 0.0)
             return preference, direction, torch.ones_like(preference)
-        scales = gradient_scales(grads, losses, self.algorithm.grad_norm)
+        scales = gradient_scales(grads, self.algorithm.grad_norm)
         scaled = grads.double() * scales[:, None]
         if prox is not None:
             scaled = scaled + prox.double()[None]  # the proximal term is in every L_m
@@ -342,49 +447,3 @@ class LocalTrainer:
             * self.algorithm.mu
             * sum(((p - a) ** 2).sum() for p, a in zip(self.params, anchor, strict=True))
         )
-
-
-# ---------------------------------------------------------------------------------- helpers
-class _Timer:
-    """``with timer("generate"):`` appends the span's seconds to ``log["time_generate"]``."""
-
-    def __init__(self, log: dict[str, list]) -> None:
-        self.log = log
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.log[f"time_{name}"].append(time.perf_counter() - start)
-
-
-def _summarize(log: dict[str, list], num_objectives: int) -> dict[str, Any]:
-    """Per-round metrics of one trajectory (means over steps; timings summed)."""
-    out: dict[str, Any] = {}
-    for key, values in log.items():
-        if key == "skip_reasons":
-            out[key] = values[:3]
-        elif key.startswith("time_"):
-            out[key] = float(sum(values))
-        elif values and isinstance(values[0], list):
-            out[key] = np.mean(np.asarray(values, dtype=float), axis=0).tolist()
-        else:
-            out[key] = float(np.mean(values)) if values else float("nan")
-    out["skipped_steps"] = float(sum(log.get("skipped_steps", [])))
-    out.setdefault("lambda", [math.nan] * num_objectives)
-    return out
-
-
-def _mean_metric(values: list[Any]) -> Any:
-    """Merge one metric over fmgda's M trajectories."""
-    if (
-        values
-        and isinstance(values[0], list)
-        and all(isinstance(x, str) for v in values for x in v)
-    ):
-        return [x for v in values for x in v][:3]
-    if values and isinstance(values[0], list):
-        return np.mean(np.asarray(values, dtype=float), axis=0).tolist()
-    return float(np.mean(values))

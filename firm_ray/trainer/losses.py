@@ -15,25 +15,94 @@ where ratio == 1 and both shapes coincide), plus GRPO's per-token k3 KL term whe
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 _EPS = 1e-6
 
 
+def causal_lm(model: Any) -> Any:
+    """The Hugging Face ``*ForCausalLM`` inside peft / DeepSpeed wrappers (LoRA layers are
+    injected into its modules, so calling its parts runs the adapter)."""
+    while True:
+        if hasattr(model, "get_base_model"):
+            return model.get_base_model()
+        inner = getattr(model, "module", None)
+        if inner is None or inner is model:
+            return model
+        model = inner
+
+
 def token_logprobs(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+    temperature: float = 1.0,
+    chunk_tokens: int = 2048,
 ) -> torch.Tensor:
-    """[S, T] log pi(y_t | prefix) of the completion tokens (positions from the attention mask,
-    so left padding does not shift them)."""
+    """[S, T] float32 log pi_T(y_t | prefix) of the completion tokens at sampling temperature T.
+
+    Memory is bounded by ``chunk_tokens``, not by S x T x vocabulary: the decoder's hidden
+    states are sliced to the completion positions BEFORE the LM head, and the head + log-softmax
+    run on at most ``chunk_tokens`` rows at a time; with grad enabled each chunk is
+    checkpointed, so its full-vocabulary logits are recomputed in the backward instead of kept.
+    Positions come from the attention mask, so left padding does not shift them.
+    ``model`` is the policy (peft), or a backend's forward wrapper with an optional
+    ``forward_context()`` (DeepSpeed's engine set-up).
+    """
+    lm = causal_lm(model)
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-    ).logits[:, prompt_length - 1 : -1]
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return logp.gather(-1, input_ids[:, prompt_length:, None]).squeeze(-1)
+    context = getattr(model, "forward_context", contextlib.nullcontext)
+    with context():
+        hidden = lm.get_decoder()(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state[:, prompt_length - 1 : -1]
+    num_seqs, length, width = hidden.shape
+    head = partial(_chunk_logprobs, lm.get_output_embeddings(), _logit_transform(lm, temperature))
+    rows = hidden.reshape(-1, width)
+    targets = input_ids[:, prompt_length:].reshape(-1)
+    pieces = []
+    for start in range(0, rows.shape[0], chunk_tokens):
+        chunk = (rows[start : start + chunk_tokens], targets[start : start + chunk_tokens])
+        if torch.is_grad_enabled() and rows.requires_grad:
+            pieces.append(checkpoint(head, *chunk, use_reentrant=False))
+        else:
+            pieces.append(head(*chunk))
+    return torch.cat(pieces).reshape(num_seqs, length)
+
+
+def _logit_transform(lm: Any, temperature: float) -> Any:
+    """What the model's own forward does to the LM head output (Cohere's logit_scale, Gemma-2's
+    final soft-capping), then the sampling temperature."""
+    scale = getattr(lm, "logit_scale", None)
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+
+    def transform(logits: torch.Tensor) -> torch.Tensor:
+        if isinstance(scale, (int, float)):
+            logits = logits * scale
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits / temperature if temperature != 1.0 else logits
+
+    return transform
+
+
+def _chunk_logprobs(
+    head: Any, transform: Any, rows: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    logits = head(rows)
+    logits = transform(logits.to(torch.promote_types(logits.dtype, torch.float32)))
+    picked = logits.gather(-1, targets[:, None]).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
 
 
 def advantages(
@@ -69,12 +138,18 @@ def baseline_centered(values: torch.Tensor, group_size: int, mode: str = "group"
 class SurrogateLoss:
     """The factored loss of one pass: L_m = sum_{k,s} weights[m,k,s] * terms[k,s,:].sum().
 
-    ``clip_fraction``: share of completion tokens whose ratio lies outside [1-eps, 1+eps].
+    ``clipped_tokens`` / ``tokens``: completion tokens whose ratio lies outside
+    [1-eps, 1+eps], and all completion tokens (summed over micro-batches for the clip fraction).
     """
 
     terms: torch.Tensor  # [K, S, T], differentiable
     weights: torch.Tensor  # [M, K, S], constants
-    clip_fraction: float
+    clipped_tokens: torch.Tensor  # 0-dim (no device sync per micro-batch)
+    tokens: torch.Tensor  # 0-dim
+
+    @property
+    def clip_fraction(self) -> float:
+        return float(self.clipped_tokens / self.tokens.clamp_min(1.0))
 
 
 def surrogate_loss(
@@ -86,6 +161,8 @@ def surrogate_loss(
     first_epoch: bool,
     ref_logp: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    num_seqs: int | None = None,
+    token_weight: torch.Tensor | None = None,
 ) -> SurrogateLoss:
     """Build the factored clipped-surrogate loss (see module docstring).
 
@@ -94,10 +171,15 @@ def surrogate_loss(
         adv: [S, M] advantages (already including a reward-mode KL penalty).
         first_epoch: True when the policy has not moved since sampling (ratio == 1 exactly).
         ref_logp: [S, T] reference log-probs, for GRPO's k3 KL term (``kl_coef`` > 0).
+        num_seqs: sequences of the whole batch when these S rows are one micro-batch of it
+            (the loss is a sum over sequences, so micro-batch losses add up exactly).
+        token_weight: [S, T] constant per-token weights (truncated importance weights).
     """
-    num_seqs = logp.shape[0]
+    num_seqs = num_seqs or logp.shape[0]
     mask = mask.to(logp.dtype)
     per_token = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0)  # 1/T_s on real tokens
+    if token_weight is not None:
+        per_token = per_token * token_weight.detach().to(logp.dtype)
     ratio = torch.exp(logp - old_logp.detach())
     adv = adv.detach().to(logp.dtype)
     coeff = -adv.T / num_seqs  # [M, S]
@@ -116,8 +198,8 @@ def surrogate_loss(
         weights.append(torch.full_like(coeff, kl_coef / num_seqs))
     with torch.no_grad():
         outside = ((ratio - 1).abs() > clip_eps).to(logp.dtype) * mask
-        clip_fraction = float(outside.sum() / mask.sum().clamp_min(1.0))
-    return SurrogateLoss(torch.stack(terms), torch.stack(weights, dim=1), clip_fraction)
+        clipped, tokens = outside.sum(), mask.sum()
+    return SurrogateLoss(torch.stack(terms), torch.stack(weights, dim=1), clipped, tokens)
 
 
 def sequence_kl(old_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

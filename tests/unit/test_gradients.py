@@ -126,16 +126,17 @@ def test_losses_and_direction_helpers() -> None:
 
 def test_gradient_normalization_modes() -> None:
     grads = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]])
-    losses = torch.tensor([-2.0, 0.5, 4.0])
-    assert torch.allclose(normalize_gradients(grads, losses, "none"), grads)
-    l2 = normalize_gradients(grads, None, "l2")
+    assert torch.allclose(normalize_gradients(grads, "none"), grads)
+    l2 = normalize_gradients(grads, "l2")
     assert torch.allclose(l2[0].norm(), torch.tensor(1.0)) and l2[1].abs().sum() == 0
-    assert torch.allclose(normalize_gradients(grads, losses, "loss")[0], grads[0] / 2)
-    both = gradient_scales(grads, losses, "loss+l2")
-    assert torch.allclose(
-        both, torch.tensor([1 / 10, 1 / (0.5 * 1e-12), 1 / 4], dtype=torch.float64)
-    )
-    with pytest.raises(ValueError, match="losses"):
-        gradient_scales(grads, None, "loss")
-    with pytest.raises(ValueError, match="grad_norm"):
-        gradient_scales(grads, losses, "max")  # type: ignore[arg-type]
+    # 1/|L_m| modes are gone: a policy-gradient surrogate with zero-mean advantages is ~0
+    for removed in ("loss", "loss+l2", "max"):
+        with pytest.raises(ValueError, match="grad_norm"):
+            gradient_scales(grads, removed)  # type: ignore[arg-type]
+
+
+def test_loss_normalization_is_rejected_by_the_config() -> None:
+    from firm_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"algorithm.grad_norm = 'loss': must be one of none, l2"):
+        load_config(None, ["algorithm.grad_norm=loss"])

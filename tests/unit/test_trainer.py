@@ -141,8 +141,11 @@ def test_fedprox_keeps_the_adapter_closer(world) -> None:
     [
         ["trainer.kl_mode=loss"],
         ["trainer.ppo_epochs=2"],
-        ["algorithm.grad_norm=loss+l2"],
+        ["algorithm.grad_norm=l2"],
         ["trainer.advantage=batch", "algorithm.beta=0"],
+        ["trainer.micro_batch_size=3", "trainer.gradient_checkpointing=true"],
+        ["trainer.mixed_precision=bf16", "trainer.top_k=20", "trainer.top_p=0.9"],
+        ["trainer.mask_truncated=true", "trainer.repetition_penalty=1.2"],
     ],
 )
 def test_variants_run(world, extra) -> None:
@@ -168,9 +171,11 @@ def test_non_finite_rewards_skip_the_step(world, tmp_path, monkeypatch) -> None:
     )
     trainer = make_trainer(world, rewards=[default_rewards[0], bad[0]])
     update = trainer.run_round(start, splits.train[:64], 0, 0)
-    assert update.metrics["skipped_steps"] == 2.0
+    assert update.metrics["skipped_steps"] == update.metrics["steps"] == 2.0
     assert "bad" in update.metrics["skip_reasons"][0]
-    assert all(torch.equal(update.adapter[k], start[k]) for k in start)  # nothing reached it
+    # every step skipped: theta^t back would dilute the average, so nothing is sent
+    assert not update.valid and update.adapter is None
+    assert update.reason.startswith("all 2 local steps skipped: ") and "'bad'" in update.reason
 
 
 def test_non_finite_global_adapter_is_refused(world) -> None:
