@@ -13,10 +13,16 @@ the number of clients. ``failures`` lists the clients left out (late, crashed, r
   in what clients do, not in the server step.
 - ``fmgda``: clients upload one delta per objective; the server averages them per objective,
   solves min-norm MGDA on the M averaged deltas and moves theta by eta_s * sum_m lambda_m delta_m.
+
+An update flagged invalid, and one whose client skipped every local step (it is theta^t itself:
+averaging it in would only pull the mean back), is rejected with its reason and counts against
+``federation.min_clients``. `local_step_counts` / `round_step_metrics` read the step counts
+clients report (``steps``, ``skipped_steps``, ``skip_reasons``, ...) for the round metrics.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +53,79 @@ class AggregateResult:
 
 class RoundFailed(RuntimeError):
     """Fewer than ``federation.min_clients`` usable updates came back."""
+
+
+MAX_SKIP_REASONS = 3
+
+
+def _count(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def local_step_counts(update: ClientUpdate, config: FirmConfig) -> tuple[float, float]:
+    """(attempted, skipped) local steps of one client this round.
+
+    ``steps`` is the trainer's own count (fmgda: over all M trajectories). A trainer that
+    reports only ``skipped_steps`` attempted ``federation.local_steps`` per trajectory; an
+    update with neither (a client that refused to train) attempted none.
+    """
+    skipped = _count(update.metrics.get("skipped_steps"))
+    steps = _count(update.metrics.get("steps"))
+    if steps is None and skipped is None:
+        return 0.0, 0.0
+    skipped = skipped or 0.0
+    if steps is None:
+        trajectories = len(config.rewards) if config.algorithm.name == "fmgda" else 1
+        steps = float(config.federation.local_steps * trajectories)
+    return steps, min(skipped, steps)
+
+
+def _reasons(update: ClientUpdate) -> list[str]:
+    reasons = update.metrics.get("skip_reasons") or []
+    return [str(r) for r in reasons] if isinstance(reasons, list) else []
+
+
+def all_steps_skipped(update: ClientUpdate, config: FirmConfig) -> bool:
+    """The client attempted local steps and skipped every one (its update is theta^t)."""
+    steps, skipped = local_step_counts(update, config)
+    return steps > 0 and skipped >= steps
+
+
+def round_step_metrics(updates: Iterable[ClientUpdate], config: FirmConfig) -> dict[str, Any]:
+    """The round's step metrics over the clients that reported back (accepted or rejected).
+
+    ``local_steps`` / ``skipped_steps`` are sums, ``skip_fraction`` their ratio (None without
+    steps), ``skip_reasons`` the first distinct reasons in client-id order,
+    ``truncated_fraction`` / ``importance_weight`` means over the clients reporting them, and
+    ``skip_rejected_clients`` the clients left out because all their steps were skipped.
+    """
+    steps = skipped = 0.0
+    reasons: list[str] = []
+    truncated: list[float] = []
+    importance: list[float] = []
+    rejected = 0
+    for update in sorted(updates, key=lambda u: u.client_id):
+        attempted, missed = local_step_counts(update, config)
+        steps, skipped = steps + attempted, skipped + missed
+        rejected += all_steps_skipped(update, config)
+        for reason in _reasons(update):
+            if reason not in reasons and len(reasons) < MAX_SKIP_REASONS:
+                reasons.append(reason)
+        if (t := _count(update.metrics.get("truncated_fraction"))) is not None:
+            truncated.append(t)
+        if (w := _count(update.metrics.get("importance_weight"))) is not None:
+            importance.append(w)
+    return {
+        "local_steps": round(steps),
+        "skipped_steps": round(skipped),
+        "skip_fraction": skipped / steps if steps > 0 else None,
+        "skip_reasons": reasons,
+        "truncated_fraction": sum(truncated) / len(truncated) if truncated else None,
+        "importance_weight": sum(importance) / len(importance) if importance else None,
+        "skip_rejected_clients": rejected,
+    }
 
 
 def sample_clients(seed: int, round_index: int, num_clients: int, per_round: int) -> list[int]:
@@ -90,6 +169,10 @@ class Strategy:
         """
         if not update.valid:
             return update.reason or "client flagged its update invalid"
+        if all_steps_skipped(update, self.config):
+            steps, _ = local_step_counts(update, self.config)
+            first = next(iter(_reasons(update)), "no reason given")
+            return f"all {steps:g} local steps skipped: {first}"
         if not payloads:
             return "no payload"
         if update.num_samples <= 0:

@@ -37,7 +37,15 @@ from typing import Any
 import torch
 
 from firm_ray.config import RewardSpec
-from firm_ray.rewards.base import Reward, RewardError, Scorer, check_inputs, check_scores
+from firm_ray.rewards.base import (
+    Reward,
+    RewardError,
+    ScoreError,
+    Scorer,
+    check_inputs,
+    check_scores,
+    withheld,
+)
 from firm_ray.rewards.normalize import NormalizedReward, RunningMeanStd
 
 __all__ = [
@@ -46,6 +54,7 @@ __all__ = [
     "Reward",
     "RewardError",
     "RunningMeanStd",
+    "ScoreError",
     "Scorer",
     "build_reward",
     "build_rewards",
@@ -230,11 +239,23 @@ def build_rewards(
 def score_all(
     rewards: Sequence[Scorer], prompts: Sequence[str], completions: Sequence[str]
 ) -> torch.Tensor:
-    """Scores of every reward as a float32 [n, M] tensor (column m = rewards[m]), checked."""
+    """Scores of every reward as a float32 [n, M] tensor (column m = rewards[m]), checked.
+
+    Any exception a reward raises becomes a ScoreError (a RewardError) naming the reward and
+    the exception's type, its message withheld and the chain cut (``from None``): the message
+    may quote a prompt or completion, and this error leaves the client (skip reasons, errors on
+    the driver). firm_ray's own checks (ScoreError) pass through: they quote no text.
+    """
     columns = []
     for reward in rewards:
         check_inputs(reward.name, prompts, completions)
-        columns.append(check_scores(reward.name, reward.score(prompts, completions), completions))
+        try:
+            raw = reward.score(prompts, completions)
+        except ScoreError:
+            raise
+        except Exception as exc:
+            raise withheld(reward.name, exc) from None
+        columns.append(check_scores(reward.name, raw, completions))
     if not columns:
         return torch.zeros(len(completions), 0, dtype=torch.float32)
     return torch.stack(columns, dim=1)

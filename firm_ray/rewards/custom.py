@@ -61,14 +61,11 @@ class PythonReward(Reward):
         self.kwargs = kwargs
 
     def _score(self, prompts: Sequence[str], completions: Sequence[str]) -> Any:
-        try:
-            return self.fn(list(prompts), list(completions), **self.kwargs)
-        except RewardError:
-            raise
-        except Exception as exc:  # user code: say which reward failed, keep the cause
-            raise RewardError(
-                f"reward {self.name!r}: {self.path} raised {type(exc).__name__}: {exc}"
-            ) from exc
+        # whatever the function raises is withheld by Reward.score (it may quote client text)
+        return self.fn(list(prompts), list(completions), **self.kwargs)
+
+    def _source(self) -> str:
+        return self.path
 
     def __repr__(self) -> str:
         return f"PythonReward(name={self.name!r}, function={self.path!r})"

@@ -11,6 +11,10 @@ ClientWorker actors, the Aggregator actor, theta^0, the initial evaluation), the
 
 A failed or late client is left out and counted; a round with fewer than
 ``federation.min_clients`` usable updates is retried once, then the run fails with the reason.
+Skipped local steps (a reward that raised or returned NaN, a non-finite loss) are counted per
+round and over the run; once more than ``trainer.max_skip_fraction`` of all local steps so far
+were skipped the run fails naming the first reason, so a broken reward cannot "complete" a run
+that learned nothing.
 ``resume`` continues from the last checkpoint; since every client task is seeded by
 (experiment seed, client, round), a resumed run reaches the same final adapter.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,16 +39,18 @@ from rich.console import Console
 
 from firm_ray.config import FirmConfig, load_config, save_config
 from firm_ray.federation import RoundFailed, sample_clients
+from firm_ray.federation.strategies import round_step_metrics
 from firm_ray.runtime.aggregator import Aggregator, latest_checkpoint, process_rss_mb
 from firm_ray.runtime.worker import ClientWorker
 from firm_ray.tracking.jsonl import read_metrics
-from firm_ray.tracking.report import build_summary, make_plots, print_report
+from firm_ray.tracking.report import StepTotals, build_summary, make_plots, print_report
 from firm_ray.tracking.wandb_tracker import make_tracker
 from firm_ray.types import ClientUpdate
 
 PLACEMENT_TIMEOUT_S = 60.0
 ROUND_RETRIES = 1
 TASKS_IN_FLIGHT = 2  # per worker: one running, one queued in the actor
+MAX_FAILURES_SHOWN = 5  # left-out clients printed per round (all of them are in the row)
 
 
 class RunError(RuntimeError):
@@ -166,6 +173,8 @@ class FederatedRun:
         )
         if checkpoint is None:
             self.tracker.log_config(config_dict)
+        # the rows kept (a resumed run's tracker has dropped those it will re-run)
+        self.step_totals = StepTotals.of_rows(read_metrics(self.run_dir) if checkpoint else [])
 
     @property
     def done(self) -> bool:
@@ -184,14 +193,25 @@ class FederatedRun:
             f"{fed.clients_sampled_per_round} client(s) on {len(cluster.workers)} worker(s)"
         ):
             row, self.payload = _one_round(
-                self.config, round_index, cluster, self.payload, self.console
+                self.config, round_index, cluster, self.payload, self.console, self._failed_round
             )
         self.tracker.log_round(round_index, row)
         _print_round(self.console, self.config, row)
         extra = {"initial_rewards": self.initial_rewards, "elapsed_s": self.elapsed()}
         ray.get(cluster.aggregator.save_checkpoint.remote(round_index, extra))
         self.next_round += 1
+        self.step_totals = self.step_totals.plus(row)
+        check_skip_fraction(self.step_totals, self.config.trainer.max_skip_fraction)
         return row
+
+    def _failed_round(self, steps: dict[str, Any]) -> None:
+        """A round attempt failed to aggregate: if its skipped steps put the run over the skip
+        bound, fail now with that reason (retrying the same seeds would skip them again)."""
+        with_round = self.step_totals.plus(steps)
+        bound = self.config.trainer.max_skip_fraction
+        if skip_fraction_error(with_round, bound):
+            self.step_totals = with_round  # the summary counts the steps that failed the run
+            check_skip_fraction(with_round, bound)
 
     def finish(self, status: str = "completed") -> dict[str, Any]:
         """Write the final adapter (completed runs), summary and plots, close the trackers and
@@ -215,6 +235,7 @@ class FederatedRun:
                 wall_time_s=self.elapsed(),
                 status=status,
                 reward_names=[r.name for r in config.rewards],
+                step_totals=self.step_totals,
             )
             try:
                 if status != "failed":
@@ -247,6 +268,25 @@ def run(
         experiment.finish("failed")
         raise
     return experiment.finish("completed")
+
+
+def skip_fraction_error(totals: StepTotals, bound: float) -> str:
+    """The run's one-line error once more than ``bound`` of its local steps were skipped, else
+    an empty string."""
+    fraction = totals.fraction
+    if fraction is None or fraction <= bound:
+        return ""
+    return (
+        f"{fraction:.0%} of local steps skipped ({totals.skipped} of {totals.local}; > "
+        f"trainer.max_skip_fraction = {bound:g}); first reason: {totals.first_reason}"
+    )
+
+
+def check_skip_fraction(totals: StepTotals, bound: float) -> None:
+    """Raise RunError (see `skip_fraction_error`) once the skip bound is exceeded."""
+    message = skip_fraction_error(totals, bound)
+    if message:
+        raise RunError(message)
 
 
 # ---------------------------------------------------------------------------------- set-up
@@ -379,9 +419,18 @@ class Broadcast:
 
 
 def _one_round(
-    config: FirmConfig, round_index: int, cluster: Cluster, payload: Broadcast, console: Console
+    config: FirmConfig,
+    round_index: int,
+    cluster: Cluster,
+    payload: Broadcast,
+    console: Console,
+    on_failed: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[dict[str, Any], Broadcast]:
-    """One round from the global adapter ``payload``; (its metrics row, the new adapter)."""
+    """One round from the global adapter ``payload``; (its metrics row, the new adapter).
+
+    ``on_failed`` sees the step metrics of an attempt that could not aggregate (too few usable
+    updates) before it is retried or fails the run; it may raise instead.
+    """
     fed = config.federation
     clients = sample_clients(
         config.experiment.seed, round_index, fed.num_clients, fed.clients_sampled_per_round
@@ -390,6 +439,7 @@ def _one_round(
         round_start = time.perf_counter()
         states = ray.get(cluster.aggregator.states_for.remote(clients))
         results, failures = _dispatch(config, round_index, clients, payload.ref, states, cluster)
+        steps = round_step_metrics([header for header, _ in results.values()], config)
         done = sorted(results)
         server_ref, new_payload = cluster.aggregator.aggregate.options(num_returns=2).remote(
             round_index, [results[c][0] for c in done], [[results[c][1]] for c in done], failures
@@ -400,6 +450,8 @@ def _one_round(
         except ray.exceptions.RayTaskError as err:
             if not isinstance(err.cause, RoundFailed):
                 raise
+            if on_failed is not None:
+                on_failed(steps)
             if attempt == ROUND_RETRIES:
                 raise RunError(f"round {round_index} failed: {err.cause}") from None
             console.print(f"[yellow]round {round_index}: {err.cause}; retrying[/]")
@@ -445,6 +497,7 @@ def _one_round(
         else None,
         "server": server["server"],
         "timing": timing,
+        **steps,
         "memory": {
             "driverprocess_rss_mb": process_rss_mb(),
             "aggregatorprocess_rss_mb": server["rss_mb"],
@@ -535,11 +588,27 @@ def _print_round(console: Console, config: FirmConfig, row: dict[str, Any]) -> N
     kl = "-" if row["kl"] is None else f"{row['kl']:.3f}"
     dis_text = "-" if dis is None else f"{dis:.3f}"
     ok = len(row["clients"]) - len(row["failed"])
+    skipped = row.get("skipped_steps") or 0
+    reasons = row.get("skip_reasons") or ["no reason given"]
+    skip_text = f" | skipped {skipped}/{row['local_steps']}: {reasons[0]}" if skipped else ""
     console.print(
         f"round {row['round'] + 1}/{config.federation.rounds}: {reward_text} | kl {kl} | "
         f"mean lambda {mean_lam} | disagreement {dis_text} | drift {row['param_drift']:.4f} | "
-        f"{ok}/{len(row['clients'])} clients | {row['timing']['round_wall']:.1f} s"
+        f"{ok}/{len(row['clients'])} clients | {row['timing']['round_wall']:.1f} s{skip_text}",
+        markup=False,
     )
+    for failure in row["failed"][:MAX_FAILURES_SHOWN]:
+        console.print(f"  client {failure['client']} left out: {failure['reason']}", markup=False)
+    if len(row["failed"]) > MAX_FAILURES_SHOWN:
+        more = len(row["failed"]) - MAX_FAILURES_SHOWN
+        console.print(f"  ... and {more} more (metrics.jsonl: failed)", markup=False)
 
 
-__all__ = ["FederatedRun", "RunError", "run", "worker_bundle"]
+__all__ = [
+    "FederatedRun",
+    "RunError",
+    "check_skip_fraction",
+    "run",
+    "skip_fraction_error",
+    "worker_bundle",
+]

@@ -29,6 +29,10 @@ Run directory schema (stable: add keys, never rename or remove; see docs/ARTIFAC
   ``train_rewards`` list[float]: mean over clients of the rewards seen in local training.
   ``timing`` {"generate", "score", "forward", "backward", "solve", "step": client seconds summed
   over clients; "aggregation", "evaluation", "round_wall", "orchestration_overhead": seconds}.
+  ``local_steps`` / ``skipped_steps`` int: local steps the reporting clients attempted / skipped;
+  ``skip_fraction`` float or null; ``skip_reasons`` list[str] (distinct, at most 3, no client
+  text); ``truncated_fraction``, ``importance_weight`` float or null (means over clients);
+  ``skip_rejected_clients`` int: clients left out because every local step was skipped.
 
   Non-finite floats are written as null (strict JSON). A killed run may leave a truncated last
   line; readers skip it (``read_metrics``).
@@ -39,7 +43,8 @@ Run directory schema (stable: add keys, never rename or remove; see docs/ARTIFAC
   std of round-to-round changes over the evaluated rows), ``bytes_up_per_client_round``,
   ``bytes_down_per_client_round`` (means over client-rounds), ``mean_disagreement``,
   ``final_kl``, ``failed_client_rounds``, ``rounds_completed``, ``wall_time_s``, ``run_dir``,
-  ``status`` ("completed" | "failed" | "stopped": ended early by a sweep's scheduler).
+  ``status`` ("completed" | "failed" | "stopped": ended early by a sweep's scheduler),
+  ``local_steps``, ``skipped_steps``, ``skip_fraction``, ``first_skip_reason`` (run totals).
 - ``adapter/`` (PEFT dir), ``plots/*.png`` (``make_plots``), ``checkpoints/``.
 """
 
@@ -48,7 +53,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +72,7 @@ __all__ = [
     "METRICS_KEYS",
     "STATUSES",
     "SUMMARY_KEYS",
+    "StepTotals",
     "build_summary",
     "load_summary",
     "make_plots",
@@ -88,6 +95,13 @@ METRICS_KEYS = (
     "failed",
     "train_rewards",
     "timing",
+    "local_steps",
+    "skipped_steps",
+    "skip_fraction",
+    "skip_reasons",
+    "truncated_fraction",
+    "importance_weight",
+    "skip_rejected_clients",
 )
 """The keys of every metrics.jsonl row."""
 
@@ -109,6 +123,10 @@ SUMMARY_KEYS = (
     "wall_time_s",
     "run_dir",
     "status",
+    "local_steps",
+    "skipped_steps",
+    "skip_fraction",
+    "first_skip_reason",
 )
 """The keys of summary.json."""
 
@@ -171,6 +189,48 @@ def _per_client_values(metrics: Sequence[dict[str, Any]], key: str) -> list[floa
     return values
 
 
+# --------------------------------------------------------------------------- local steps
+
+
+@dataclass(frozen=True)
+class StepTotals:
+    """Local steps attempted and skipped over a run, and the first reason a step was skipped.
+
+    ``known`` is False for rows written before step counts existed (their totals are unknown,
+    not zero). The round loop keeps these to enforce ``trainer.max_skip_fraction``.
+    """
+
+    local: int = 0
+    skipped: int = 0
+    first_reason: str | None = None
+    known: bool = False
+
+    def plus(self, row: Mapping[str, Any]) -> StepTotals:
+        """These totals with one metrics row's (or one failed round's) counts added."""
+        if _number(row.get("local_steps")) is None:
+            return self
+        reasons = row.get("skip_reasons") or []
+        first = self.first_reason or (str(reasons[0]) if reasons else None)
+        return StepTotals(
+            local=self.local + int(row["local_steps"]),
+            skipped=self.skipped + int(_number(row.get("skipped_steps")) or 0),
+            first_reason=first,
+            known=True,
+        )
+
+    @classmethod
+    def of_rows(cls, metrics: Sequence[Mapping[str, Any]]) -> StepTotals:
+        totals = cls()
+        for row in metrics:
+            totals = totals.plus(row)
+        return totals
+
+    @property
+    def fraction(self) -> float | None:
+        """skipped / attempted, None before any step."""
+        return self.skipped / self.local if self.local > 0 else None
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -184,10 +244,13 @@ def build_summary(
     status: str,
     *,
     reward_names: Sequence[str] | None = None,
+    step_totals: StepTotals | None = None,
 ) -> dict[str, Any]:
     """summary.json's fields from the metrics rows (see the module docstring).
 
     ``reward_names`` is only needed when no row carries them (a run that failed before round 0).
+    ``step_totals``: the run's own counts when they include steps no row holds (a round that
+    failed, e.g. because every client skipped every step); default: summed over the rows.
     """
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
@@ -205,6 +268,7 @@ def build_summary(
     final_kl = next(
         (kl for row in reversed(metrics) if (kl := _number(row.get("kl"))) is not None), None
     )
+    steps = step_totals if step_totals is not None else StepTotals.of_rows(metrics)
     return {
         "algorithm": str(algorithm),
         "seed": int(seed),
@@ -223,6 +287,10 @@ def build_summary(
         "wall_time_s": float(wall_time_s),
         "run_dir": str(Path(run_dir)),
         "status": status,
+        "local_steps": steps.local if steps.known else None,
+        "skipped_steps": steps.skipped if steps.known else None,
+        "skip_fraction": steps.fraction if steps.known else None,
+        "first_skip_reason": steps.first_reason,
     }
 
 
@@ -471,6 +539,11 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return "n/a" if number is None else f"{number:.{digits}g}"
 
 
+def _percent(value: Any) -> str:
+    number = _number(value)
+    return "n/a" if number is None else f"{number:.0%}"
+
+
 def _fmt_bytes(value: Any) -> str:
     number = _number(value)
     if number is None:
@@ -562,6 +635,16 @@ def summary_table(run_dir: str | os.PathLike[str]) -> Table:
     if summary.get("failed_client_rounds"):
         table.add_row(
             "failed client-rounds", Text(str(summary["failed_client_rounds"]), style="red")
+        )
+    if summary.get("skipped_steps"):
+        table.add_row(
+            "skipped local steps",
+            Text(
+                f"{summary['skipped_steps']}/{summary.get('local_steps')} "
+                f"({_percent(summary.get('skip_fraction'))}); first reason: "
+                f"{summary.get('first_skip_reason')}",
+                style="red",
+            ),
         )
     table.add_row("wall time", _fmt_duration(summary.get("wall_time_s")))
     client_time = _timing_totals(metrics, _CLIENT_TIMING)

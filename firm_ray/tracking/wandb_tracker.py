@@ -62,6 +62,15 @@ RUN_ID_FILE = "wandb_run_id.txt"
 TABLE_KEY = "client_lambdas"
 _MODES = ("disabled", "offline", "online")  # most restrictive first
 _ID_CHARS = string.ascii_lowercase + string.digits
+_STEP_KEYS = {
+    "local_steps": "steps/local",
+    "skipped_steps": "steps/skipped",
+    "skip_fraction": "steps/skip_fraction",
+    "skip_rejected_clients": "clients/skip_rejected",
+    "truncated_fraction": "truncated_fraction",
+    "importance_weight": "importance_weight",
+}
+"""metrics row key -> W&B history key of the local-step metrics."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,6 +340,10 @@ class WandbTracker:
             out["clients/sampled"] = len(m["clients"])
         if isinstance(m.get("failed"), list):
             out["clients/failed"] = len(m["failed"])
+        # local steps: numbers only (skip_reasons stay in metrics.jsonl and the console)
+        for key, name in _STEP_KEYS.items():
+            if (v := _finite(m.get(key))) is not None:
+                out[name] = v
 
         lambdas = m.get("client_lambdas") or {}
         per_objective: dict[int, list[float]] = {}

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import pickle
+import re
 import socket
 import subprocess
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -267,6 +270,17 @@ def parse(prompts, completions):
 def boom(prompts, completions):
     raise KeyError("missing")
 
+SENTINEL = "zq_sentinel_91"
+
+def nan_on_sentinel(prompts, completions):
+    return [math.nan if SENTINEL in c else 1.0 for c in completions]
+
+def quote_and_raise(prompts, completions):
+    raise ValueError(f"cannot score {completions[0]!r} for {prompts[0]!r}")
+
+def echo(prompts, completions):
+    return list(completions)
+
 NOT_CALLABLE = 3
 """
 
@@ -307,8 +321,9 @@ def test_python_reward_bad_path(user_module: str, path: str, match: str) -> None
 
 def test_python_reward_exception_names_reward(user_module: str) -> None:
     r = reward("python", name="mine", function="my_rewards.boom")
-    with pytest.raises(RewardError, match=r"reward 'mine': my_rewards.boom raised KeyError"):
+    with pytest.raises(RewardError, match=r"reward 'mine': my_rewards.boom raised KeyError") as err:
         r.score(["p"], ["c"])
+    assert "missing" not in str(err.value) and "withheld" in str(err.value)
 
 
 # --------------------------------------------------------------------------- guards
@@ -321,7 +336,7 @@ def test_python_reward_exception_names_reward(user_module: str) -> None:
         ({"function": "my_rewards.with_nan", "at": 2}, r"reward 'g' returned nan for item 2"),
         (
             {"function": "my_rewards.with_nan", "at": 1, "value": "inf"},
-            r"reward 'g' returned inf for item 1 \(completion 'second one'\)",
+            r"reward 'g' returned inf for item 1$",
         ),
         ({"function": "my_rewards.with_nan", "value": "-inf"}, r"returned -inf for item 0"),
     ],
@@ -334,11 +349,71 @@ def test_guards(user_module: str, kwargs: dict, match: str) -> None:
         score_all([reward("length"), r], ["p"] * 3, ["first", "second one", "third " * 30])
 
 
-def test_guard_truncates_long_completions(user_module: str) -> None:
-    r = reward("python", name="g", function="my_rewards.with_nan", at=0)
-    with pytest.raises(RewardError, match=r"item 0 \(completion 'word word .*\.\.\.'\)$") as err:
-        r.score(["p"], ["word " * 100])
-    assert len(str(err.value)) < 150
+# --------------------------------------------------------------------------- no client text
+
+SENTINEL = "zq_sentinel_91"
+
+
+def _everything_shown(err: BaseException) -> str:
+    """The message and the full formatted traceback (what a Ray task error carries across)."""
+    return str(err) + "".join(traceback.format_exception(err))
+
+
+def test_non_finite_score_names_reward_and_item_not_the_text(user_module: str) -> None:
+    r = reward("python", name="g", function="my_rewards.nan_on_sentinel")
+    completions = ["fine", f"the {SENTINEL} text", "also fine", f"{SENTINEL} again"]
+    for call in (
+        lambda: r.score(["p"] * 4, completions),
+        lambda: score_all([r], ["p"] * 4, completions),
+    ):
+        with pytest.raises(
+            RewardError, match=r"^reward 'g' returned nan for item 1 \(2 of 4 items"
+        ):
+            call()
+    with pytest.raises(RewardError) as err:
+        score_all([reward("length"), r], ["p"] * 4, completions)
+    assert SENTINEL not in _everything_shown(err.value)
+
+
+def test_any_exception_from_a_reward_is_withheld(user_module: str) -> None:
+    """A reward's own exception may quote the text it scored: only its type crosses."""
+    r = reward("python", name="quoting", function="my_rewards.quote_and_raise")
+
+    class Duck:  # a duck-typed scorer: no Reward.score in between, score_all alone guards it
+        name = "duck"
+
+        def score(self, prompts, completions):
+            raise RuntimeError(f"tokenizer choked on {completions[-1]}")
+
+    prompts, completions = [f"ask {SENTINEL}"] * 2, ["ok", f"reply {SENTINEL}"]
+    cases = [
+        (
+            lambda: r.score(prompts, completions),
+            "quoting': my_rewards.quote_and_raise raised ValueError",
+        ),
+        (
+            lambda: score_all([r], prompts, completions),
+            "quoting': my_rewards.quote_and_raise raised ValueError",
+        ),
+        (lambda: score_all([Duck()], prompts, completions), "duck': raised RuntimeError"),
+    ]
+    for call, match in cases:
+        with pytest.raises(RewardError, match=re.escape(match)) as err:
+            call()
+        assert "message is withheld" in str(err.value)
+        assert SENTINEL not in _everything_shown(err.value)
+        assert err.value.__cause__ is None and err.value.__suppress_context__
+        # what Ray ships to the driver: the pickled exception
+        assert SENTINEL not in repr(pickle.loads(pickle.dumps(err.value)).args)
+
+
+def test_scores_that_are_not_numbers_are_described_not_quoted(user_module: str) -> None:
+    r = reward("python", name="echo", function="my_rewards.echo")
+    with pytest.raises(
+        RewardError, match=r"^reward 'echo' returned a list whose item 0 is a str, not a list"
+    ) as err:
+        r.score(["p"], [SENTINEL])
+    assert SENTINEL not in _everything_shown(err.value)
 
 
 def test_guard_mismatched_inputs_and_duck_typed_scorers() -> None:

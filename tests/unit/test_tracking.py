@@ -36,14 +36,15 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def synthetic_rows(num_objectives: int, rounds: int = 8, seed: int = 0) -> list[dict[str, Any]]:
     """Realistic rows: 8 clients, 4 sampled per round, eval every 2nd round and at the end,
-    one failed client in round 3, rewards trending up with noise."""
+    one failed client in round 3 (every local step skipped), rewards trending up with noise."""
     rng = np.random.default_rng(seed)
     names = NAMES[num_objectives]
     base = np.linspace(0.2, 0.4, num_objectives)
     rows = []
     for rnd in range(rounds):
         clients = sorted(rng.choice(8, size=4, replace=False).tolist())
-        failed = [{"client": clients[-1], "reason": "non-finite adapter"}] if rnd == 3 else []
+        reason = "all 4 local steps skipped: reward 'relevance' returned nan for item 3"
+        failed = [{"client": clients[-1], "reason": reason}] if rnd == 3 else []
         ok = [c for c in clients if c not in {f["client"] for f in failed}]
         lambdas = {str(c): rng.dirichlet(np.ones(num_objectives)).tolist() for c in ok}
         evaluated = rnd % 2 == 0 or rnd == rounds - 1
@@ -77,6 +78,13 @@ def synthetic_rows(num_objectives: int, rounds: int = 8, seed: int = 0) -> list[
                     "round_wall": 1.9,
                     "orchestration_overhead": 0.1,
                 },
+                "local_steps": 16,
+                "skipped_steps": 4 if rnd == 3 else 0,
+                "skip_fraction": 0.25 if rnd == 3 else 0.0,
+                "skip_reasons": ["reward 'relevance' returned nan for item 3"] if rnd == 3 else [],
+                "truncated_fraction": 0.125,
+                "importance_weight": 1.0,
+                "skip_rejected_clients": 1 if rnd == 3 else 0,
             }
         )
     return rows
@@ -106,6 +114,8 @@ def test_read_back_equals_logged(tmp_path: Path, num_objectives: int) -> None:
     summary = read_summary(tmp_path)
     assert set(summary) == set(SUMMARY_KEYS)
     assert summary["reward_names"] == NAMES[num_objectives]
+    assert (summary["local_steps"], summary["skipped_steps"]) == (16 * len(rows), 4)
+    assert summary["first_skip_reason"] == "reward 'relevance' returned nan for item 3"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 

@@ -74,6 +74,13 @@ def row(r: int) -> dict[str, Any]:
         "train_rewards": [0.25 * (r + 1), 0.5],
         "timing": {"round_wall": 2.5, "generate": 1.25},
         "memory": {"driver_rss": 812.5},
+        "local_steps": 8,
+        "skipped_steps": 2 * r,
+        "skip_fraction": 0.25 * r,
+        "skip_reasons": ["reward 'relevance' returned nan for item 1"] if r else [],
+        "truncated_fraction": 0.125,
+        "importance_weight": None if r == 1 else 0.875,
+        "skip_rejected_clients": 1 if r == 2 else 0,
     }
 
 
@@ -165,6 +172,15 @@ def test_rounds_summary_config_table_plots_and_adapter_are_logged(tmp_path: Path
     assert h0["memory/driver_rss"] == 812.5
     assert (h2["clients/sampled"], h2["clients/failed"]) == (3, 1)
     assert (h0["clients/sampled"], h0["clients/failed"]) == (2, 0)
+    assert (h2["steps/local"], h2["steps/skipped"], h2["steps/skip_fraction"]) == (8, 4, 0.5)
+    assert (h0["steps/skipped"], h2["clients/skip_rejected"], h0["clients/skip_rejected"]) == (
+        0,
+        1,
+        0,
+    )
+    assert h0["truncated_fraction"] == 0.125 and h0["importance_weight"] == 0.875
+    assert "importance_weight" not in h1  # None: left out
+    assert not any("skip_reason" in key for h in steps.values() for key in h)  # numbers only
     assert h1["lambda/relevance/min"] == pytest.approx(0.3)
     assert h1["lambda/relevance/max"] == pytest.approx(0.6)
     assert h1["lambda/relevance/mean"] == pytest.approx(0.45)
