@@ -21,7 +21,7 @@ __all__ = ["disagreement", "param_drift", "smoothness"]
 def _as_matrix(values: Tensor | Sequence[Sequence[float]], name: str) -> Tensor:
     """A finite 2-D float64 tensor, or a ValueError that says what was wrong."""
     try:
-        mat = torch.as_tensor(values, dtype=torch.float64)
+        mat = torch.as_tensor(values, dtype=torch.float64, device="cpu")  # metric values: host math
     except (TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{name} must be a 2-D numeric array: {exc}") from exc
     if mat.dim() != 2:

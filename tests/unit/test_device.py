@@ -131,3 +131,38 @@ def test_step_math_keeps_its_inputs_device() -> None:
     assert all(t.device == meta for t in outputs)
     with pytest.raises((NotImplementedError, RuntimeError)):
         effective_beta(gram, 1.0)  # reads values: would sync, but never silently mixes
+
+
+@pytest.mark.parametrize("algorithm", ["firm", "fmgda"])
+def test_server_aggregation_creates_no_tensor_off_the_updates_device(algorithm) -> None:
+    """The aggregator's math (strategies, drift, disagreement) on CPU client updates."""
+    from firm_ray.core.aggregation import state_distance
+    from firm_ray.core.metrics import disagreement
+    from firm_ray.federation.strategies import build_strategy
+    from firm_ray.types import ClientUpdate
+
+    cfg = load_config(None, [f"algorithm.name={algorithm}"])
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"a.lora_A.weight": (4, 8), "a.lora_B.weight": (8, 4)}
+
+    def state() -> dict[str, torch.Tensor]:
+        return {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+
+    start = state()
+    updates = [
+        ClientUpdate(
+            client_id=i,
+            round=0,
+            num_samples=3 + i,
+            adapter=state() if algorithm == "firm" else None,
+            objective_deltas=[state(), state()] if algorithm == "fmgda" else None,
+            metrics={"lambda": [0.3 + 0.1 * i, 0.7 - 0.1 * i], "steps": 2.0, "skipped_steps": 0.0},
+        )
+        for i in range(3)
+    ]
+    with implicit_tensors_on_meta():
+        result = build_strategy(cfg).aggregate_round(0, start, iter(updates), [])
+        drift = [state_distance(u.adapter, result.state) for u in updates if u.adapter]
+        spread = disagreement([u.metrics["lambda"] for u in updates])
+    assert all(t.device.type == "cpu" for t in result.state.values())
+    assert result.accepted == [0, 1, 2] and spread > 0 and all(d > 0 for d in drift)
