@@ -1,25 +1,31 @@
 """One client's local training: FIRM's in-client update (DESIGN.md section 2, step 2), no Ray.
 
-    trainer = LocalTrainer(policy, rewards, cfg)                  # once per process / worker
+    trainer = LocalTrainer(policy, rewards, cfg.trainer, cfg.algorithm, local_steps)
     update = trainer.run_round(global_adapter, client_prompts, client_id=3, round_index=0)
 
-A local step, top to bottom:
-  1. sample B prompts of the client, G completions each, with the current policy (no grad);
-  2. score every completion with every reward: R [B*G, M];
+A local step, top to bottom, every tensor on ``policy.device``:
+  1. sample B prompts of the client, G completions each, with the current policy (no grad),
+     recording each sampled token's log-prob under the sampling distribution;
+  2. score every completion with every reward: R [B*G, M], moved to the device;
   3. per-objective advantages (group-relative by default); with ``kl_mode: reward`` the
      sequence log-ratio to the reference (adapter disabled) is a baselined penalty in each;
-  4-5. for each PPO epoch: one forward, the factored clipped-surrogate loss, and the M
-     per-objective gradients from that one forward (firm_ray.core.gradients);
-  6. optional gradient normalization (none | l2 | loss | loss+l2);
+  4-5. for each PPO epoch and each micro-batch: one forward, the factored clipped-surrogate
+     loss (truncated importance weights when sampling != policy), and its share of the M
+     per-objective gradients (firm_ray.core.gradients), accumulated exactly;
+  6. optional gradient normalization (none | l2);
   7. lambda* = firm_weights(G^T G, beta, p) (``fedavg_ls``: lambda = p, no solve);
   8. direction = sum_m lambda_m g_m (+ mu (theta - theta^t), FedProx) -> clip -> AdamW.
-Steps whose rewards, losses or gradients are not finite are skipped and counted; an adapter
-that ends non-finite is returned flagged invalid for the server to reject.
+Steps whose rewards, losses or gradients are not finite are skipped and counted with their
+reason; a client whose steps all skipped sends nothing; an adapter that ends non-finite is
+returned flagged invalid for the server to reject.
 
 Where this departs from the paper: advantages are GRPO's group-normalized rewards per objective
 (the paper's policy gradient is generic), the KL penalty defaults to the reward (score-function
 gradient of the sequence KL, one backward for all objectives), and the optimizer state is fresh
 every round (standard in FL; nothing but the adapter survives a round).
+
+(~450 lines: the round, the trajectory and the step read top to bottom in one place; the step's
+bookkeeping lives in step_parts.py, its losses in losses.py.)
 """
 
 from __future__ import annotations
