@@ -1,5 +1,5 @@
 """A user's ``python`` reward that breaks on part of the training data, for
-test_skipped_steps.py (Ray workers import it by its dotted path, ``broken_rewards.score``).
+test_broken_reward_run.py (Ray workers import it by its dotted path, ``broken_rewards.score``).
 
 Held-out eval prompts are always scored (a word count), so the run gets past its evaluations;
 a training prompt selected by ``every`` (crc32 of its text, modulo) makes the reward return
