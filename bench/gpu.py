@@ -216,7 +216,7 @@ def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     device = "cpu" if device == "auto" else device
     mixed = args.mixed_precision
     if mixed == "auto":
-        mixed = "bf16" if args.dtype == "bfloat16" else "no"
+        mixed = "bf16" if args.dtype == "bfloat16" else "none"
     prompts = load_prompts(load_config(None).data, 0).train
     reward = f"{__name__}:vowel_share"
     overrides = [
@@ -399,9 +399,9 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument(
         "--mixed-precision",
-        choices=["auto", "no", "bf16"],
+        choices=["auto", "none", "bf16"],
         default="auto",
-        help="trainer.mixed_precision; auto = bf16 with --dtype bfloat16, else no",
+        help="trainer.mixed_precision; auto = bf16 with --dtype bfloat16, else none",
     )
     parser.add_argument("--layers", type=int, default=QWEN25_05B["num_hidden_layers"])
     parser.add_argument("--steps", type=int, default=3, help="timed local steps")

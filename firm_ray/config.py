@@ -377,7 +377,7 @@ class TrainerConfig(_Section):
     gradient_checkpointing: StrictBool = False
     """Recompute the decoder layers' activations in the backward (Hugging Face non-reentrant
     checkpointing): less memory, about one more forward of compute."""
-    mixed_precision: Literal["no", "bf16"] = "no"
+    mixed_precision: Literal["none", "bf16"] = "none"
     """'bf16': forward and backward under bf16 autocast; per-objective gradients, the Gram
     matrix and lambda stay float32/float64."""
     max_skip_fraction: Annotated[Float, _interval("[0, 1]")] = 0.5
