@@ -151,7 +151,9 @@ def test_real_model_configs(path: Path):
 
 
 DEEPSPEED_SWITCH = re.compile(
-    r"--set trainer\.backend=deepspeed --set trainer\.deepspeed_config=(\S+?)`?$", re.M
+    r"--set trainer\.micro_batch_size=(\d+) --set trainer\.backend=deepspeed "
+    r"--set trainer\.deepspeed_config=(\S+?)`?$",
+    re.M,
 )
 
 
@@ -163,11 +165,15 @@ def test_deepspeed_switch_given_in_the_docs_is_valid(path: Path):
     (on every real config) and names a shipped ZeRO-2 file."""
     targets = DEEPSPEED_SWITCH.findall(path.read_text())
     assert targets, f"{path.name}: no '--set trainer.backend=deepspeed ...' line"
-    for target in targets:
+    for micro, target in targets:
         ds = yaml.safe_load((REPO / target).read_text())  # JSON is YAML
         assert ds["zero_optimization"]["stage"] == 2
         for config in REAL_CONFIGS:
-            overrides = ["trainer.backend=deepspeed", f"trainer.deepspeed_config={target}"]
+            overrides = [
+                f"trainer.micro_batch_size={micro}",  # the engine takes the whole batch at once
+                "trainer.backend=deepspeed",
+                f"trainer.deepspeed_config={target}",
+            ]
             cfg = load_config(config, overrides)
             assert cfg.trainer.backend == "deepspeed"
 
