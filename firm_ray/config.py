@@ -371,7 +371,7 @@ class TrainerConfig(_Section):
     micro_batch_size: PosInt = 32
     """Sequences per training forward/backward; per-objective gradients are accumulated exactly
     over micro-batches, so peak memory follows this setting, not batch_prompts x generations."""
-    logprob_chunk_tokens: PosInt = 1024
+    logprob_chunk_tokens: PosInt = 512
     """Completion tokens per chunk of the LM-head log-softmax: never more than this many rows of
     full-vocabulary logits exist at once (recomputed in the backward)."""
     gradient_checkpointing: StrictBool = False

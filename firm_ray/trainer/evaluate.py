@@ -29,7 +29,7 @@ def evaluate_policy(
     top_k: int = 0,
     repetition_penalty: float = 1.0,
     max_prompt_tokens: int | None = None,
-    chunk_tokens: int = 1024,
+    chunk_tokens: int = 512,
 ) -> dict[str, Any]:
     """Sample ``samples_per_prompt`` completions per prompt (seeded) and score them.
 

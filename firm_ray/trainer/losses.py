@@ -44,7 +44,7 @@ def token_logprobs(
     attention_mask: torch.Tensor,
     prompt_length: int,
     temperature: float = 1.0,
-    chunk_tokens: int = 1024,
+    chunk_tokens: int = 512,
 ) -> torch.Tensor:
     """[S, T] float32 log pi_T(y_t | prefix) of the completion tokens at sampling temperature T.
 
