@@ -144,8 +144,12 @@ def build_tokenizer(prompt_texts: list[str], vocab_size: int) -> Any:
 
 
 def build_model_dir(target: Path, layers: int, prompt_texts: list[str]) -> dict[str, Any]:
-    """Write a random-init Qwen2.5-0.5B-shaped model (first ``layers`` layers) and its
-    tokenizer to ``target`` as a hub-style directory; returns the config written."""
+    """Write a random-init Qwen2.5-0.5B-shaped model (first ``layers`` layers) to ``target``
+    and its tokenizer to ``target / "tokenizer"``; returns the config written.
+
+    The tokenizer has its own directory (``model.tokenizer``): next to a ``qwen2`` config.json,
+    transformers 5's AutoTokenizer replaces a saved word-level tokenizer with Qwen2's byte-level
+    class, which reads our vocabulary as nothing (a prompt became the single id 0)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     config_dict = dict(QWEN25_05B, num_hidden_layers=layers, max_window_layers=layers)
@@ -156,7 +160,7 @@ def build_model_dir(target: Path, layers: int, prompt_texts: list[str]) -> dict[
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
+    tokenizer.save_pretrained(target / "tokenizer")
     return config_dict
 
 
@@ -242,7 +246,14 @@ def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     start = time.perf_counter()
     config_dict = build_model_dir(model_dir, args.layers, [p.text for p in prompts])
     build_s = time.perf_counter() - start
-    cfg = load_config(None, [f"model.name_or_path={model_dir}", *overrides])
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            f"model.tokenizer={model_dir / 'tokenizer'}",
+            *overrides,
+        ],
+    )
     start = time.perf_counter()
     policy = load_policy(cfg.model, cfg.lora, seed=0)
     sync(policy.device)
