@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Any
 
 from firm_ray import __version__
 
@@ -102,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}")
         return 2
+    _prebuild_world(args.resume, config)
     from firm_ray.runtime.loop import RunError, run
 
     try:
@@ -122,6 +124,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.resume and args.output_dir:
         print("error: --resume continues a sweep in its own directory; drop --output-dir")
         return 2
+    _prebuild_world(args.resume, None, args.sweep_file)
     from firm_ray.runtime.loop import RunError
     from firm_ray.runtime.sweep import SweepError, resume_sweep, run_sweep
 
@@ -139,6 +142,48 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"{len(result['failed'])} trial(s) failed: {', '.join(result['failed'])}")
         return 1
     return 0
+
+
+def _uses_builtin_world(
+    resume: str | None, config: Any = None, sweep_file: str | None = None
+) -> bool:
+    """Whether the run (its config, or its run directory's) or some trial of the sweep (its
+    base config, variants or search space) uses ``builtin:tiny-world``; False when the sweep
+    file cannot be read (run_sweep reports that)."""
+    import json
+    from pathlib import Path
+
+    from firm_ray.config import ConfigError, load_config
+    from firm_ray.models.warmstart import BUILTIN_WORLD
+    from firm_ray.sweep_spec import load_sweep
+
+    def builtin(cfg: Any) -> bool:
+        return BUILTIN_WORLD in (cfg.model.name_or_path, cfg.model.tokenizer)
+
+    try:
+        if config is not None:
+            return builtin(config)
+        if resume is not None and (Path(resume) / "config.yaml").exists():
+            return builtin(load_config(Path(resume) / "config.yaml"))
+        sweep = load_sweep(sweep_file or Path(str(resume)) / "sweep.yaml")
+    except (ConfigError, OSError):
+        return False
+    return builtin(sweep.base_config) or BUILTIN_WORLD in json.dumps(
+        sweep.spec.model_dump(mode="json")
+    )
+
+
+def _prebuild_world(resume: str | None, config: Any = None, sweep_file: str | None = None) -> None:
+    """Build the built-in world model here, with a progress line, before Ray starts.
+
+    Otherwise the first Ray worker builds it (a minute or two on 2 cores) while the driver
+    waits in silence. Only when it is used and not cached.
+    """
+    from firm_ray.models.warmstart import BUILTIN_WORLD, ensure_world_model, world_model_cached
+
+    if _uses_builtin_world(resume, config, sweep_file) and not world_model_cached():
+        print(f"building {BUILTIN_WORLD} once (cached for later runs), before starting Ray")
+        ensure_world_model(verbose=True)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -3,13 +3,21 @@ models the tests build and save themselves (no hub)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from firm_ray.config import LoraConfig, ModelConfig
 from firm_ray.data.world import all_world_prompts, world_dialogues, world_prompts
@@ -22,9 +30,26 @@ from firm_ray.models.adapter import (
 )
 from firm_ray.models.generation import sample_completions
 from firm_ray.models.policy import ModelLoadError, load_policy, load_trained_policy
-from firm_ray.models.warmstart import WorldModelRecipe, ensure_world_model, recipe_hash
+from firm_ray.models.warmstart import (
+    END_OF_TEXT,
+    IM_END,
+    WorldModelRecipe,
+    ensure_world_model,
+    recipe_hash,
+    world_model_cached,
+)
 
-TINY = WorldModelRecipe(dialogues=300, steps=4, batch_size=8, n_embd=32, n_head=2, n_layer=1)
+TINY = WorldModelRecipe(
+    dialogues=300,
+    steps=4,
+    batch_size=8,
+    hidden_size=64,
+    intermediate_size=96,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    num_hidden_layers=1,
+)
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 def test_world_has_enough_distinct_prompts() -> None:
@@ -39,9 +64,11 @@ def test_world_has_enough_distinct_prompts() -> None:
 
 
 def test_warm_start_build_is_cached_deterministic_and_loadable(tmp_path) -> None:
+    assert not world_model_cached(TINY, root=tmp_path / "a")
     first = ensure_world_model(TINY, root=tmp_path / "a")
     again = ensure_world_model(TINY, root=tmp_path / "a")
     assert again == first and first.name == recipe_hash(TINY)
+    assert world_model_cached(TINY, root=tmp_path / "a")
     second = ensure_world_model(TINY, root=tmp_path / "b")
     one = AutoModelForCausalLM.from_pretrained(first)
     two = AutoModelForCausalLM.from_pretrained(second)
@@ -49,17 +76,102 @@ def test_warm_start_build_is_cached_deterministic_and_loadable(tmp_path) -> None
         assert torch.equal(a, b), name
     build = json.loads((first / "build.json").read_text())
     assert build["dialogues"] == 300 and build["parameters"] > 0
-    assert recipe_hash(WorldModelRecipe(seed=1)) != recipe_hash(WorldModelRecipe(seed=0))
-    tokenizer = AutoTokenizer.from_pretrained(first)
+    # the hash covers the recipe, architecture fields included
+    for change in ({"seed": 1}, {"num_key_value_heads": 2}, {"rope_theta": 5e5}):
+        assert recipe_hash(dataclasses.replace(TINY, **change)) != recipe_hash(TINY), change
+
+
+def test_warm_start_tokenizer_chat_template_and_eos(tmp_path) -> None:
+    """ChatML-like template with a BOS, an end-of-turn EOS that is neither the end of text nor
+    the pad token, special tokens kept whole, and training text == generation prompt + answer."""
+    path = ensure_world_model(TINY, root=tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
     _, _, prompt, response = next(iter(world_dialogues(TINY.dialogues, TINY.seed)))
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
     )
-    assert text == f"<user> {prompt} <assistant>"
-    ids = tokenizer(text + " " + response, add_special_tokens=False)["input_ids"]
-    assert tokenizer.unk_token_id not in ids  # every word of the corpus is a token
-    decoded = tokenizer.decode(ids, skip_special_tokens=True)
-    assert " ".join(decoded.split()) == f"{prompt} {response}"
+    assert text == (f"<|startoftext|><|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n")
+    assert tokenizer.bos_token == "<|startoftext|>" and tokenizer.eos_token == IM_END
+    eos_ids = {tokenizer.convert_tokens_to_ids(t) for t in (IM_END, END_OF_TEXT)}
+    assert len(eos_ids) == 2 and tokenizer.pad_token_id not in eos_ids
+    assert tokenizer.unk_token_id not in eos_ids | {tokenizer.pad_token_id}
+    generation = GenerationConfig.from_pretrained(path)
+    assert generation.eos_token_id == [
+        tokenizer.convert_tokens_to_ids(IM_END),
+        tokenizer.convert_tokens_to_ids(END_OF_TEXT),
+    ]
+    assert generation.pad_token_id == tokenizer.pad_token_id
+
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert prompt_ids[0] == tokenizer.bos_token_id and prompt_ids.count(tokenizer.bos_token_id) == 1
+    for token in ("<|im_start|>", IM_END, END_OF_TEXT, "<|pad|>"):  # atomic, even glued to words
+        ids = tokenizer(f"hi{token}there", add_special_tokens=False)["input_ids"]
+        assert tokenizer.convert_tokens_to_ids(token) in ids and len(ids) == 3, (token, ids)
+    # the training text of this dialogue is the generation prompt followed by the answer
+    full = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+        tokenize=False,
+    )
+    full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    assert full_ids[: len(prompt_ids)] == prompt_ids
+    answer = full_ids[len(prompt_ids) :]
+    assert answer[-2:] == [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("▁\n")]
+    assert tokenizer.unk_token_id not in full_ids  # every word of the corpus is a token
+    decoded = tokenizer.decode(answer, skip_special_tokens=True)
+    assert " ".join(decoded.split()) == response
+
+
+def test_default_world_model_is_llama_style(world_model_dir) -> None:
+    """The default build: RoPE, RMSNorm, SwiGLU, grouped-query attention, head dim >= 32, and
+    LoRA on the attention projections like the real-model configs."""
+    config = AutoConfig.from_pretrained(world_model_dir)
+    assert config.model_type == "llama" and config.hidden_act == "silu"
+    head_dim = config.hidden_size // config.num_attention_heads
+    assert config.num_key_value_heads < config.num_attention_heads and head_dim >= 32
+    policy = load_policy(
+        ModelConfig(name_or_path=str(world_model_dir)), LoraConfig(target_modules=ATTENTION)
+    )
+    modules = dict(policy.model.named_modules())
+    layer = next(m for n, m in modules.items() if n.endswith("layers.0"))
+    assert type(layer.input_layernorm).__name__.endswith("RMSNorm")
+    assert {"gate_proj", "up_proj", "down_proj"} <= {n for n, _ in layer.mlp.named_children()}
+    lora = {
+        n.split(".lora_A")[0].split(".")[-1]
+        for n, _ in policy.model.named_parameters()
+        if ".lora_A" in n
+    }
+    assert lora == set(ATTENTION)
+    k_proj = layer.self_attn.k_proj.base_layer
+    assert k_proj.out_features == config.num_key_value_heads * head_dim
+    assert GenerationConfig.from_pretrained(world_model_dir).eos_token_id == [
+        policy.tokenizer.convert_tokens_to_ids(t) for t in (IM_END, END_OF_TEXT)
+    ]
+
+
+def test_left_padding_does_not_change_greedy_completions(world_model_dir) -> None:
+    """Rotary positions under left padding: a short prompt batched with a long one decodes as
+    it does alone."""
+    policy = load_policy(ModelConfig(name_or_path=str(world_model_dir)), LoraConfig())
+    short, long = policy.format_prompts(
+        ["my cat died.", "you are a stupid useless robot and i hate talking to you every day."]
+    )
+
+    def greedy(texts: list[str]) -> torch.Tensor:
+        enc = policy.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        out = policy.model.generate(**enc, do_sample=False, max_new_tokens=12)
+        return out[:, enc["input_ids"].shape[1] :]
+
+    alone, batched = greedy([short])[0], greedy([short, long])[0]
+    assert torch.equal(batched[: len(alone)], alone)
+    assert (batched[len(alone) :] == policy.tokenizer.pad_token_id).all()  # ended at its EOS
+
+
+def test_build_world_progress_line(tmp_path, capsys) -> None:
+    ensure_world_model(TINY, root=tmp_path, verbose=True)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[build-world]")]
+    assert lines and f"step {TINY.steps}/{TINY.steps}" in lines[-1] and "loss" in lines[-1]
+    ensure_world_model(TINY, root=tmp_path, verbose=True)  # cached: silent
+    assert "[build-world]" not in capsys.readouterr().out
 
 
 def test_warm_start_completions_are_words_on_topic(world_model_dir) -> None:
@@ -90,6 +202,24 @@ def test_warm_start_completions_are_words_on_topic(world_model_dir) -> None:
     assert on_topic / n > control / n + 0.25, (on_topic, control, n)
 
 
+def test_cli_builds_the_world_model_before_ray_only_when_used(tmp_path, monkeypatch, capsys):
+    """firm-ray run / sweep build the built-in model in the driver when a run uses it; a run on
+    another model builds nothing."""
+    from firm_ray.cli.main import _prebuild_world, _uses_builtin_world
+    from firm_ray.config import load_config, save_config
+
+    quickstart = load_config("tune_configs/quickstart.yaml")
+    other = load_config("tune_configs/quickstart.yaml", [f"model.name_or_path={tmp_path}"])
+    assert _uses_builtin_world(None, quickstart) and not _uses_builtin_world(None, other)
+    assert _uses_builtin_world(None, None, "tune_configs/sweep_beta.yaml")  # base: quickstart
+    assert not _uses_builtin_world(None, None, str(tmp_path / "missing.yaml"))
+    save_config(other, tmp_path / "run" / "config.yaml")
+    assert not _uses_builtin_world(str(tmp_path / "run"))
+    monkeypatch.setenv("FIRM_RAY_CACHE", str(tmp_path / "cache"))  # nothing cached here
+    _prebuild_world(None, other)
+    assert not (tmp_path / "cache").exists() and capsys.readouterr().out == ""
+
+
 def _save_tiny_llama(path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(ensure_world_model(TINY, root=path / "tok"))
     config = LlamaConfig(
@@ -101,7 +231,7 @@ def _save_tiny_llama(path) -> None:
         num_key_value_heads=2,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path / "llama")
@@ -168,10 +298,10 @@ def test_sampling_is_seeded_and_masks_after_eos(world_model_dir) -> None:
     other = sample_completions(policy, prompts, 3, 20, seed=8)
     assert one.completions == two.completions and one.completions != other.completions
     assert one.prompts == [prompts[0]] * 3 + [prompts[1]] * 3
-    eos = policy.tokenizer.eos_token_id
+    eos = torch.tensor(GenerationConfig.from_pretrained(world_model_dir).eos_token_id)
     ids, mask = one.completion_ids, one.completion_mask
     for row in range(ids.shape[0]):
-        hits = (ids[row] == eos).nonzero()
+        hits = torch.isin(ids[row], eos).nonzero()
         if len(hits):
             first = int(hits[0])
             assert mask[row, : first + 1].all() and not mask[row, first + 1 :].any()

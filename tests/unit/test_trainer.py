@@ -190,9 +190,10 @@ def test_non_finite_global_adapter_is_refused(world) -> None:
 # ----------------------------------------------------------------------------- learning
 def test_preference_steers_what_is_learned(world) -> None:
     """From one start, fedavg_ls with p = (1, 0) raises relevance and p = (0, 1) raises
-    harmlessness on held-out prompts. Measured (30 steps, lr 0.01, 96 eval prompts x 4): relevance
-    0.45 -> 0.54 and harmlessness 0.74 -> 0.92, against a seed-to-seed eval spread of 0.02 / 0.04;
-    the thresholds are about half the effects."""
+    harmlessness on held-out prompts. Measured on the Llama world model (30 steps, lr 0.003, 96
+    eval prompts x 4): relevance 0.44 -> 0.55 and harmlessness 0.78 -> 0.88 (experiment seed 1:
+    0.53 and 0.85); the thresholds are about half the smaller effects. lr 0.01 (right for the
+    earlier GPT-2 model) overshoots this model: KL ~14 and relevance falls to 0.36."""
     _, policy, rewards, splits, start = world
     held = splits.eval[:96]
     set_adapter_state(policy.model, start)
@@ -204,7 +205,7 @@ def test_preference_steers_what_is_learned(world) -> None:
             "algorithm.name=fedavg_ls",
             f"algorithm.preference={pref}",
             "federation.local_steps=30",
-            "trainer.learning_rate=0.01",
+            "trainer.learning_rate=0.003",
             "trainer.batch_prompts=8",
             "trainer.max_new_tokens=16",
         )
@@ -213,7 +214,7 @@ def test_preference_steers_what_is_learned(world) -> None:
         after[pref] = evaluate_policy(policy, rewards, held, 4, 16, seed=0)["rewards"]
     set_adapter_state(policy.model, start)
     assert after["[1,0]"][0] > before[0] + 0.045, (before, after)
-    assert after["[0,1]"][1] > before[1] + 0.09, (before, after)
+    assert after["[0,1]"][1] > before[1] + 0.045, (before, after)
     assert after["[1,0]"][0] > after["[0,1]"][0] and after["[0,1]"][1] > after["[1,0]"][1]
 
 
