@@ -9,8 +9,6 @@ one adapter (M for fmgda) however many clients report; writes atomic checkpoints
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +22,16 @@ from firm_ray.core.aggregation import state_distance
 from firm_ray.core.metrics import disagreement
 from firm_ray.federation import build_strategy
 from firm_ray.models.adapter import Payload, adapter_from_bytes, adapter_to_buffer
+from firm_ray.runtime.checkpoint import (  # noqa: F401  (re-exported: loop, sweep, tests)
+    CHECKPOINT_ADAPTER,
+    CHECKPOINT_STATE,
+    latest_checkpoint,
+    round_checkpoints,
+    write_checkpoint,
+)
 from firm_ray.runtime.wire import WireUpdate, decode_update, payload_bytes
 from firm_ray.types import AdapterState, ClientUpdate
 
-CHECKPOINT_ADAPTER = "adapter.safetensors"
-CHECKPOINT_STATE = "state.json"
 DRIFT_HOLD_BYTES = 1 << 30  # update payloads kept (as views) between the two passes
 
 
@@ -153,35 +156,26 @@ class Aggregator:
 
     # ------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, round_index: int, extra: dict[str, Any]) -> str:
-        """checkpoints/round_NNNN/{adapter.safetensors,state.json}, written to a temporary
-        directory and renamed into place; ``checkpoints/latest`` names the newest. Older
-        rounds beyond ``experiment.keep_checkpoints`` are deleted once the new one is in
-        place."""
+        """checkpoints/round_NNNN/{adapter.safetensors,state.json,manifest.json}, written
+        atomically with a manifest of sizes and sha256 (runtime/checkpoint.py);
+        ``checkpoints/latest`` names the newest. Older rounds beyond
+        ``experiment.keep_checkpoints`` are deleted once the new one is in place, never the
+        only intact one. A disk error raises a one-line StorageError."""
         assert self.state is not None
-        root = self.run_dir / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"round_{round_index:04d}"
-        tmp = root / f".round_{round_index:04d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        # the serialized global adapter is the safetensors file (safetensors.torch.save's bytes)
-        (tmp / CHECKPOINT_ADAPTER).write_bytes(memoryview(self.global_payload()))
-        payload = {
+        state = {
             "round": round_index,
             "adapter_order": list(self.state),
             "client_states": {str(k): v for k, v in self.client_states.items()},
             **extra,
         }
-        (tmp / CHECKPOINT_STATE).write_text(json.dumps(payload, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        latest_tmp = root / ".latest.tmp"
-        latest_tmp.write_text(final.name)
-        os.replace(latest_tmp, root / "latest")
-        keep = self.config.experiment.keep_checkpoints
-        if keep is not None:
-            for old in round_checkpoints(root)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+        # the serialized global adapter is the safetensors file (safetensors.torch.save's bytes)
+        final = write_checkpoint(
+            self.run_dir,
+            round_index,
+            memoryview(self.global_payload()),
+            state,
+            keep=self.config.experiment.keep_checkpoints,
+        )
         return str(final)
 
     def load_checkpoint(self, directory: str) -> dict[str, Any]:
@@ -199,22 +193,3 @@ def process_rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
-
-
-def round_checkpoints(root: Path) -> list[Path]:
-    """The complete round checkpoints under ``root`` (checkpoints/), oldest first."""
-    found = []
-    for path in root.glob("round_*"):
-        number = path.name.removeprefix("round_")
-        if number.isdigit() and (path / CHECKPOINT_STATE).exists():
-            found.append((int(number), path))
-    return [path for _, path in sorted(found)]
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    pointer = run_dir / "checkpoints" / "latest"
-    if not pointer.exists():
-        return None
-    path = run_dir / "checkpoints" / pointer.read_text().strip()
-    return path if (path / CHECKPOINT_STATE).exists() else None

@@ -10,16 +10,19 @@ atomically. A W&B tracker implements the same protocol and is imported lazily.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import yaml
+
+from firm_ray.tracking.storage import atomic_write_text, storage_errors
 
 __all__ = [
     "CONFIG_FILE",
@@ -85,43 +88,21 @@ def to_jsonable(value: Any) -> Any:
     raise TypeError(f"cannot log a value of type {type(value).__name__}: {value!r}")
 
 
-def _fsync_dir(path: Path) -> None:
-    """Persist a rename (POSIX needs the directory fsynced; a no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+def write_text_atomic(
+    path: str | os.PathLike[str], text: str, *, resume: str | os.PathLike[str] | None = None
+) -> Path:
     """Write ``text`` to a temporary file beside ``path``, fsync it, then ``os.replace`` it in,
-    so a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    so a reader sees the old file or the new one, never half of one; a disk error raises a
+    one-line StorageError (``storage.atomic_write_text``)."""
+    return atomic_write_text(path, text, resume=resume)
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+def write_json_atomic(
+    path: str | os.PathLike[str], obj: Any, *, resume: str | os.PathLike[str] | None = None
+) -> Path:
     """``write_text_atomic`` of pretty, strict JSON (non-finite floats as null)."""
     text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    return write_text_atomic(path, text)
+    return write_text_atomic(path, text, resume=resume)
 
 
 def _dump_row(row: Mapping[str, Any]) -> str:
@@ -203,7 +184,6 @@ class JsonlTracker:
         self, run_dir: str | os.PathLike[str], resume_from_round: int | None = None
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / METRICS_FILE
         self._last_round: int | None = None
         kept: list[dict[str, Any]] = []
@@ -220,13 +200,25 @@ class JsonlTracker:
                 self._last_round = max(int(row["round"]) for row in kept)
         if resume_from_round is None or self.metrics_path.exists():
             # Rewrite (possibly empty) so a truncated tail or later rounds never survive.
-            write_text_atomic(self.metrics_path, "".join(_dump_row(r) + "\n" for r in kept))
-        self._fh: IO[str] | None = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115
+            text = "".join(_dump_row(r) + "\n" for r in kept)
+            write_text_atomic(self.metrics_path, text, resume=self._resume)
+        with storage_errors(self.metrics_path, METRICS_FILE, resume=self._resume):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._fh: io.FileIO | None = open(self.metrics_path, "ab", buffering=0)  # noqa: SIM115
+
+    @property
+    def _resume(self) -> Path | None:
+        """The run directory for the resume hint of a disk error, once it has a checkpoint
+        directory (before that there is nothing to resume)."""
+        return self.run_dir if (self.run_dir / "checkpoints").is_dir() else None
 
     def log_config(self, config: dict[str, Any]) -> None:
         write_text_atomic(self.run_dir / CONFIG_FILE, _config_yaml(config))
 
     def log_round(self, round: int, metrics: dict[str, Any]) -> None:
+        """Append one row, fsynced. An append cannot be atomic: if it fails (disk full) the file
+        is cut back to its previous length, so no torn line is left, and StorageError is raised;
+        the tracker stays usable once space is freed."""
         if self._fh is None:
             raise RuntimeError(f"{self.metrics_path}: tracker is closed")
         round = int(round)
@@ -238,18 +230,29 @@ class JsonlTracker:
                 "row per round in increasing order (resume with resume_from_round)"
             )
         line = _dump_row({"round": round, **{k: v for k, v in metrics.items() if k != "round"}})
-        self._fh.write(line + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        data = memoryview((line + "\n").encode("utf-8"))
+        with storage_errors(
+            self.metrics_path, f"the metrics row of round {round}", resume=self._resume
+        ):
+            fd = self._fh.fileno()
+            size = os.fstat(fd).st_size
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)  # no torn line (O_APPEND writes at the end)
+                raise
         self._last_round = round
 
     def log_summary(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
+        write_json_atomic(self.run_dir / SUMMARY_FILE, summary, resume=self._resume)
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            fh.close()
 
     def __enter__(self) -> JsonlTracker:
         return self

@@ -51,6 +51,7 @@ Run directory schema (stable: add keys, never rename or remove; see docs/ARTIFAC
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -67,6 +68,7 @@ from rich.text import Text
 from firm_ray.core.metrics import smoothness
 from firm_ray.core.pareto import hypervolume
 from firm_ray.tracking.jsonl import CONFIG_FILE, SUMMARY_FILE, read_metrics, read_summary
+from firm_ray.tracking.storage import atomic_write_bytes
 
 __all__ = [
     "METRICS_KEYS",
@@ -392,8 +394,7 @@ def _plot_rewards(run_dir: Path, metrics: list[dict[str, Any]], names: list[str]
     ax.set_ylabel("mean reward")
     _integer_rounds(ax)
     path = run_dir / "plots" / "rewards.png"
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path, resume=run_dir)
 
 
 def _client_colors(max_client: int):
@@ -472,8 +473,7 @@ def _plot_lambdas(run_dir: Path, metrics: list[dict[str, Any]], names: list[str]
         bar.locator = MaxNLocator(integer=True)
         bar.update_ticks()
     path = run_dir / "plots" / "lambdas.png"
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path, resume=run_dir)
 
 
 def _plot_drift(run_dir: Path, metrics: list[dict[str, Any]]) -> Path:
@@ -507,18 +507,25 @@ def _plot_drift(run_dir: Path, metrics: list[dict[str, Any]]) -> Path:
     ax_p.set_xlabel("round")
     fig.suptitle("Client drift per round (mean over sampled clients)")
     path = run_dir / "plots" / "disagreement.png"
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path, resume=run_dir)
+
+
+def save_figure(fig: Any, path: Path, *, resume: str | os.PathLike[str] | None = None) -> Path:
+    """Render ``fig`` as PNG in memory, then write it atomically: a full disk leaves the old
+    plot (or none), never a 0-byte or truncated PNG, and raises a one-line StorageError."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return atomic_write_bytes(path, buffer.getbuffer(), what=f"plot {path.name}", resume=resume)
 
 
 def make_plots(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write plots/rewards.png, plots/lambdas.png, plots/disagreement.png; returns the paths
-    written (none when metrics.jsonl has no rows; no lambdas plot when no client reported any)."""
+    """Write plots/rewards.png, plots/lambdas.png, plots/disagreement.png, each atomically;
+    returns the paths written (none when metrics.jsonl has no rows; no lambdas plot when no
+    client reported any). A disk error raises StorageError."""
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir)
     if not metrics:
         return []
-    (run_dir / "plots").mkdir(parents=True, exist_ok=True)
     names = _reward_names(metrics)
     if not names:
         width = max((len(v) for _, v in _evaluated(metrics)), default=0)
