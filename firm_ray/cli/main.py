@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from firm_ray import __version__
@@ -21,6 +22,17 @@ def _add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
         default=[],
         metavar="KEY=VALUE",
         help=f"dotted override, e.g. --set {example} (repeatable)",
+    )
+
+
+def _add_no_preflight(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help=(
+            "skip the pre-flight check of data, model paths, reward modules and the output "
+            "directory (e.g. when only the workers' nodes can see those files)"
+        ),
     )
 
 
@@ -38,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("config", help="path to an experiment YAML")
     _add_overrides(check, "algorithm.beta=0.1")
+    _add_no_preflight(check)
     check.set_defaults(func=_check_config)
     run = sub.add_parser(
         "run",
@@ -52,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="experiment YAML (omit with --resume)")
     _add_overrides(run, "federation.rounds=2")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    _add_no_preflight(run)
     run.set_defaults(func=_run)
     sweep = sub.add_parser(
         "sweep",
@@ -75,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start even if no trial fits the cluster now (an autoscaler will add nodes)",
     )
+    _add_no_preflight(sweep)
     sweep.set_defaults(func=_sweep)
     report = sub.add_parser(
         "report", help="re-print a run's (or a sweep's) summary and redraw its plots"
@@ -103,16 +118,83 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}")
         return 2
-    _prebuild_world(args.resume, config)
-    from firm_ray.runtime.loop import RunError, run
+    if not args.no_preflight and not _preflight_run(config, args.resume):
+        return 2
+    from firm_ray.runtime.loop import run
 
+    existing = _run_dirs(config)
     try:
+        _prebuild_world(args.resume, config)
         summary = run(config, resume=args.resume)
-    except RunError as err:
-        print(f"error: {err}")
-        return 1
+    except KeyboardInterrupt as err:  # the run's own RunInterrupted, or a Ctrl-C while starting
+        run_dir = getattr(err, "run_dir", None)
+        print("interrupted" + (f": {run_dir}" if run_dir else ""))
+        return 130
+    except Exception as err:
+        run_dir = getattr(err, "run_dir", None) or args.resume or _new_run_dir(config, existing)
+        return _fail(err, Path(run_dir) if run_dir else None)
     print(f"results: {summary['run_dir']}")
-    return 0 if summary.get("status") == "completed" else 1
+    return _STATUS_CODES.get(summary.get("status"), 1)
+
+
+_STATUS_CODES = {"completed": 0, "interrupted": 130}
+"""Exit code of a run that returned a summary, by its status; any other status is 1."""
+
+
+def _preflight_run(config: Any, resume: str | None) -> bool:
+    """Pre-flight the run's config (a resumed run's own, writing into its directory); prints
+    the report line, or one ``error:`` line per problem and returns False."""
+    from firm_ray.config import ConfigError, load_config
+    from firm_ray.runtime.preflight import PreflightError, preflight
+
+    output: dict[str, Any] = {}
+    if resume is not None:
+        try:  # a run directory without its config: run() says so
+            config = load_config(Path(resume) / "config.yaml")
+        except ConfigError:
+            return True
+        output = {"output_dir": resume, "output_key": "--resume"}
+    try:
+        print(preflight(config, **output).line())
+    except PreflightError as err:
+        for problem in err.problems:
+            print(f"error: {problem}")
+        return False
+    return True
+
+
+def _run_dirs(config: Any) -> set[Path]:
+    """The directories a new run of ``config`` could be given (``<name>``, ``<name>-N``)."""
+    if config is None:
+        return set()
+    root, name = Path(config.experiment.output_dir), config.experiment.name
+    try:
+        return {p for p in root.glob(f"{name}*") if p.is_dir()}
+    except OSError:
+        return set()
+
+
+def _new_run_dir(config: Any, existing: set[Path]) -> Path | None:
+    """The run directory a failed run created, when the error does not say (``run_dir``)."""
+    new = [p for p in _run_dirs(config) - existing if (p / "config.yaml").exists()]
+    return new[0] if len(new) == 1 else None
+
+
+def _fail(err: BaseException, run_dir: Path | None) -> int:
+    """Print ``err`` as one ``error:`` line, its traceback in ``<run_dir>/error.log`` (or a
+    file in the temp directory when there is no run directory); returns the exit code."""
+    import os
+    import tempfile
+
+    from firm_ray.cli.errors import report
+
+    if run_dir is not None:
+        log = run_dir / "error.log"
+    else:
+        log = Path(tempfile.gettempdir()) / f"firm-ray-error-{os.getpid()}.log"
+    line, code = report(err, log)
+    print(line)
+    return code
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -124,12 +206,14 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.resume and args.output_dir:
         print("error: --resume continues a sweep in its own directory; drop --output-dir")
         return 2
-    _prebuild_world(args.resume, None, args.sweep_file)
+    if not args.no_preflight and not _preflight_sweep(args):
+        return 2
     from firm_ray.runtime.loop import RunError
     from firm_ray.runtime.sweep import SweepError, resume_sweep, run_sweep
 
     check = not args.no_resource_check
     try:
+        _prebuild_world(args.resume, None, args.sweep_file)
         if args.resume:
             result = resume_sweep(args.resume, check_resources=check)
         else:
@@ -137,11 +221,56 @@ def _sweep(args: argparse.Namespace) -> int:
     except (ConfigError, SweepError, RunError) as err:
         print(f"error: {err}")
         return 2 if isinstance(err, ConfigError) else 1
+    except KeyboardInterrupt:
+        print("interrupted")
+        return 130
+    except Exception as err:
+        return _fail(err, Path(args.resume) if args.resume else None)
     print(f"results: {result['sweep_dir']}")
     if result["failed"]:
         print(f"{len(result['failed'])} trial(s) failed: {', '.join(result['failed'])}")
         return 1
     return 0
+
+
+def _preflight_sweep(args: argparse.Namespace) -> bool:
+    """Pre-flight the sweep's base config and each variant's (trials only change swept values
+    on top of them), once per distinct data / model / rewards; the output check runs once, on
+    the sweep's output directory. An unreadable sweep file is left to run_sweep to report."""
+    import json
+
+    from firm_ray.config import ConfigError, config_from_dict
+    from firm_ray.runtime.preflight import PreflightError, preflight
+    from firm_ray.sweep_spec import load_sweep
+
+    try:
+        sweep = load_sweep(args.sweep_file or Path(args.resume) / "sweep.yaml")
+        variants = list((sweep.spec.variants or {}).values()) or [[]]
+        configs = [config_from_dict(sweep.base, overrides) for overrides in variants]
+    except (ConfigError, OSError):
+        return True
+    if args.resume:
+        out, key = args.resume, "--resume"
+    else:
+        out = args.output_dir or sweep.spec.output_dir
+        key = "--output-dir" if args.output_dir else "sweep.output_dir"
+    seen: set[str] = set()
+    problems: list[str] = []
+    for i, config in enumerate(configs):
+        parts = ("model", "data", "rewards", "lora")
+        fingerprint = json.dumps([config.model_dump(mode="json")[k] for k in parts])
+        if fingerprint in seen:
+            continue
+        seen.add(fingerprint)
+        try:
+            report = preflight(config, output_dir=out, output_key=key, check_output=i == 0)
+        except PreflightError as err:
+            problems += [p for p in err.problems if p not in problems]
+    for problem in problems:
+        print(f"error: {problem}")
+    if not problems:
+        print(f"{report.line()} ({len(seen)} distinct trial input(s) of {len(configs)})")
+    return not problems
 
 
 def _uses_builtin_world(
@@ -151,7 +280,6 @@ def _uses_builtin_world(
     base config, variants or search space) uses ``builtin:tiny-world``; False when the sweep
     file cannot be read (run_sweep reports that)."""
     import json
-    from pathlib import Path
 
     from firm_ray.config import ConfigError, load_config
     from firm_ray.models.warmstart import BUILTIN_WORLD
@@ -187,8 +315,6 @@ def _prebuild_world(resume: str | None, config: Any = None, sweep_file: str | No
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from rich.console import Console
 
     from firm_ray.tracking.report import make_plots, print_report
@@ -226,7 +352,18 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}")
         return 2
+    line = "# pre-flight skipped (--no-preflight)"
+    if not args.no_preflight:
+        from firm_ray.runtime.preflight import PreflightError, preflight
+
+        try:
+            line = f"# {preflight(config).line()}"
+        except PreflightError as err:
+            for problem in err.problems:
+                print(f"error: {problem}")
+            return 2
     print(dump_config(config), end="")
+    print(line)
     return 0
 
 

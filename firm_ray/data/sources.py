@@ -45,6 +45,7 @@ does not reshuffle the hold-out.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import re
 import zlib
@@ -62,6 +63,7 @@ __all__ = [
     "PROMPT_FORMATTERS",
     "DataError",
     "PromptSplits",
+    "check_first_rows",
     "hh_first_human_turn",
     "load_prompts",
     "seeded_rng",
@@ -317,7 +319,7 @@ def _check_columns(names: Sequence[str], fields: _Fields, where: _Where) -> None
 
 
 def _read_parquet(
-    path: Path, where: _Where, fields: _Fields
+    path: Path, where: _Where, fields: _Fields, limit: int | None = None
 ) -> Iterator[tuple[int, Mapping[str, Any]]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -326,7 +328,15 @@ def _read_parquet(
         table = pq.ParquetFile(path)
         names = table.schema_arrow.names
         _check_columns(names, fields, where)
-        data = table.read(columns=fields.needed)
+        if limit is None:
+            data = table.read(columns=fields.needed)
+        else:  # only the first batch is read from disk
+            batch = next(table.iter_batches(batch_size=limit, columns=fields.needed), None)
+            data = (
+                pa.Table.from_batches([batch])
+                if batch is not None
+                else table.schema_arrow.empty_table().select(fields.needed)
+            )
     except (pa.ArrowException, OSError) as exc:
         raise where.error(None, f"not a readable Parquet file ({_first_line(exc)})") from None
     columns = {name: data.column(name).to_pylist() for name in fields.needed}
@@ -381,10 +391,12 @@ def _load_hf(path: str, split: str | None, where: _Where) -> Any:
 
 
 def _read_hf(
-    path: str, split: str | None, where: _Where, fields: _Fields
+    path: str, split: str | None, where: _Where, fields: _Fields, limit: int | None = None
 ) -> Iterator[tuple[int, Mapping[str, Any]]]:
     ds = _load_hf(path, split, where)
     _check_columns(ds.column_names, fields, where)
+    if limit is not None and ds.num_rows > limit:
+        ds = ds.select(range(limit))
     # one Arrow table (respects any indices mapping), converted column-wise: no per-row objects
     table = ds.select_columns(fields.needed).with_format("arrow")[:]
     columns = {name: table.column(name).to_pylist() for name in fields.needed}
@@ -394,8 +406,9 @@ def _read_hf(
 # --------------------------------------------------------------------------- pipeline
 
 
-def _read_source(cfg: DataConfig, eval_: bool) -> list[Prompt]:
-    """All records of the training source (or the eval source) as Prompts, in source order."""
+def _read_source(cfg: DataConfig, eval_: bool, limit: int | None = None) -> list[Prompt]:
+    """All records (or the first ``limit``) of the training source (or the eval source) as
+    Prompts, in source order."""
     fields = _Fields.from_config(cfg)
     assert cfg.path is not None  # DataConfig guarantees it for every source but builtin
     key = "data.eval_split" if eval_ else "data.path"
@@ -409,25 +422,41 @@ def _read_source(cfg: DataConfig, eval_: bool) -> list[Prompt]:
                 else f"data.path {cfg.path} split {split!r}"
             )
             where = _Where(label, f"{cfg.path}[{split}]")
-            return _to_prompts(_read_hf(cfg.path, split, where, fields), fields, where)
+            return _to_prompts(_read_hf(cfg.path, split, where, fields, limit), fields, where)
         path = cfg.eval_split if eval_ else cfg.path
         assert path is not None
         where = _Where(f"{key} {path}", path)
         if not Path(path).exists():
             raise where.error(None, "not found")
-        return _to_prompts(_read_hf(path, None, where, fields), fields, where)
+        return _to_prompts(_read_hf(path, None, where, fields, limit), fields, where)
 
     path = cfg.eval_split if eval_ else cfg.path
     assert path is not None
     where = _Where(f"{key} {path}", path)
     file = _check_file(path, where)
+    rows: Iterable[tuple[int, Mapping[str, Any]]]
     if cfg.source == "jsonl":
         rows = _read_jsonl(file, where)
     elif cfg.source == "csv":
         rows = _read_csv(file, where, fields)
     else:
-        rows = _read_parquet(file, where, fields)
+        rows = _read_parquet(file, where, fields, limit)
+    if limit is not None:
+        rows = itertools.islice(rows, limit)
     return _to_prompts(rows, fields, where)
+
+
+def check_first_rows(cfg: DataConfig, rows: int) -> int:
+    """Parse and validate the first ``rows`` records of the training source (and of the eval
+    source, when ``data.eval_split`` is set) with the loader's own rules; returns how many
+    records were checked. The driver's pre-flight uses it on sources too large to read twice;
+    raises DataError (one line) like `load_prompts`. ``builtin`` has nothing to check (0)."""
+    if cfg.source == "builtin":
+        return 0
+    checked = len(_read_source(cfg, eval_=False, limit=rows))
+    if cfg.eval_split is not None:
+        checked += len(_read_source(cfg, eval_=True, limit=rows))
+    return checked
 
 
 def _dedupe(
