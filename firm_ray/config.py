@@ -448,7 +448,13 @@ class FederationConfig(_Section):
     min_clients: PosInt = 1
     """A round fails unless at least this many sampled clients report back in time."""
     round_timeout_s: PosFloat = 600.0
-    """Seconds the server waits for client updates in one round."""
+    """Seconds the server waits for client updates in one round; clients still running (or
+    queued) then are left out as late and their workers replaced."""
+    client_timeout_s: PosFloat | None = None
+    """Seconds one client task may run before its worker counts as stuck: the worker is
+    killed and replaced and its clients re-run in the same round. None = round_timeout_s
+    (a hung worker's clients are then left out as late). Set it below round_timeout_s, above
+    the slowest healthy client, to re-run a hung worker's clients."""
     eval_every: PosInt = 1
     """Evaluate the global model every this many rounds."""
 
@@ -460,6 +466,9 @@ class FederationConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> "FederationConfig":
         sampled = self.clients_sampled_per_round
+        if self.client_timeout_s is not None and self.client_timeout_s > self.round_timeout_s:
+            reason = f"must be <= round_timeout_s ({self.round_timeout_s:g})"
+            _raise([_Problem(("client_timeout_s",), reason, self.client_timeout_s)])
         if self.min_clients > sampled:
             reason = (
                 f"must be <= clients sampled per round ({sampled} = max(1, round("
@@ -480,6 +489,15 @@ class RuntimeConfig(_Section):
     """Ray cluster address to join (e.g. 'auto'); None = start a local Ray instance."""
     dashboard: StrictBool = False
     """Start the Ray dashboard; it is bound to 127.0.0.1 only, never a public interface."""
+    worker_start_timeout_s: PosFloat = 1800.0
+    """Seconds to wait for the workers to load the model (on a cluster: download it) before
+    the run fails naming what it waited for."""
+    max_worker_restarts: NonNegInt = 10
+    """Dead or stuck workers replaced per run (their clients re-run) before the run fails: a
+    crash on every try (out of memory) ends the run instead of looping."""
+    max_aggregator_restarts: NonNegInt = 3
+    """Aggregator deaths recovered per run (recreated from the last checkpoint, the round's
+    aggregation replayed) before the run fails."""
 
 
 class WandbConfig(_Section):

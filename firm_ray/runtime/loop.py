@@ -9,8 +9,17 @@ ClientWorker actors, the Aggregator actor, theta^0, the initial evaluation), the
 (sample clients -> dispatch to free workers -> collect with a timeout -> aggregate -> evaluate
 -> log -> checkpoint), then save the final adapter, summary and plots.
 
-A failed or late client is left out and counted; a round with fewer than
-``federation.min_clients`` usable updates is retried once, then the run fails with the reason.
+A client whose own code raised, or that is late (``federation.round_timeout_s``), is left out
+and counted; a round with fewer than ``federation.min_clients`` usable updates is retried once,
+then the run fails with the reason.
+
+Faults cost nothing (runtime/faults.py): a dead or stuck worker is replaced and its clients
+re-run in the same round; a dead aggregator is recreated, restored from the last checkpoint (or
+theta^0) and the round's aggregation replayed. Both give the adapter of an uninterrupted run,
+are counted in the round's row (``faults``) and bounded per run (``runtime.max_*_restarts``).
+SIGINT / SIGTERM (runtime/signals.py) abandon the round in progress, write summary.json with
+status ``interrupted``, shut down the Ray this run started, print the resume command and raise
+RunInterrupted; a second signal exits at once.
 Skipped local steps (a reward that raised or returned NaN, a non-finite loss) are counted per
 round and over the run; once more than ``trainer.max_skip_fraction`` of all local steps so far
 were skipped the run fails naming the first reason, so a broken reward cannot "complete" a run
@@ -23,6 +32,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,73 +41,32 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import (
-    NodeAffinitySchedulingStrategy,
-    PlacementGroupSchedulingStrategy,
-)
+from ray.util.placement_group import placement_group
 from rich.console import Console
 
 from firm_ray.config import FirmConfig, load_config, save_config
 from firm_ray.federation import RoundFailed, sample_clients
 from firm_ray.federation.strategies import round_step_metrics
-from firm_ray.runtime.aggregator import Aggregator, latest_checkpoint, process_rss_mb
+from firm_ray.runtime import signals
+from firm_ray.runtime.aggregator import latest_checkpoint, process_rss_mb
+from firm_ray.runtime.errors import RunError, RunInterrupted, attach_run_dir
+from firm_ray.runtime.faults import (
+    ActorFault,
+    AggregatorDied,
+    Cluster,
+    FaultLog,
+    describe_actor_error,
+    dispatch,
+)
 from firm_ray.runtime.worker import ClientWorker
 from firm_ray.tracking.jsonl import read_metrics
 from firm_ray.tracking.report import StepTotals, build_summary, make_plots, print_report
 from firm_ray.tracking.wandb_tracker import make_tracker
-from firm_ray.types import ClientUpdate
 
 PLACEMENT_TIMEOUT_S = 60.0
 ROUND_RETRIES = 1
-TASKS_IN_FLIGHT = 2  # per worker: one running, one queued in the actor
 MAX_FAILURES_SHOWN = 5  # left-out clients printed per round (all of them are in the row)
-
-
-class RunError(RuntimeError):
-    """The run cannot continue; the message says why and what to change."""
-
-
-@dataclass
-class Cluster:
-    """The actors of one run and how to tear them down."""
-
-    workers: list[Any]
-    aggregator: Any
-    group: Any
-    started_ray: bool
-    worker_cls: Any
-    config_dict: dict[str, Any]
-    owns_group: bool = True
-    """False inside a Ray Tune trial: the group is the trial's and Tune removes it."""
-    first_bundle: int = 0
-    """Worker i runs in bundle first_bundle + i (a Tune trial's group may hold more bundles)."""
-
-    def worker_options(self, index: int) -> dict[str, Any]:
-        runtime = self.config_dict["runtime"]
-        return {
-            "num_cpus": runtime["num_cpus_per_worker"],
-            "num_gpus": runtime["num_gpus_per_worker"],
-            "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                placement_group=self.group,
-                placement_group_bundle_index=self.first_bundle + index,
-            ),
-        }
-
-    def restart_worker(self, index: int) -> None:
-        """Replace a dead or stuck worker by a fresh one in the same bundle."""
-        ray.kill(self.workers[index], no_restart=True)
-        self.workers[index] = self.worker_cls.options(**self.worker_options(index)).remote(
-            self.config_dict, index
-        )
-
-    def shutdown(self) -> None:
-        for actor in [*self.workers, self.aggregator]:
-            ray.kill(actor, no_restart=True)
-        if self.owns_group:
-            remove_placement_group(self.group)
-        if self.started_ray:
-            ray.shutdown()
+PROGRESS_EVERY_S = 30.0  # a printed line while the workers load the model
 
 
 class FederatedRun:
@@ -135,30 +105,39 @@ class FederatedRun:
                 raise RunError("run() needs a config (or resume=RUN_DIR)")
             run_dir = _fresh_run_dir(Path(config.experiment.output_dir) / config.experiment.name)
             checkpoint = None
-            save_config(config, run_dir / "config.yaml")
+            try:
+                save_config(config, run_dir / "config.yaml")
+            except BaseException as err:
+                attach_run_dir(err, run_dir)
+                raise
         self.config, self.run_dir = config, run_dir
         self.summary: dict[str, Any] | None = None
         self.console.print(f"[bold]firm-ray[/] {config.algorithm.name} -> {run_dir}")
-        self.cluster = _start_cluster(config, run_dir, self.console, worker_cls)
         try:
-            self._restore_or_start(checkpoint)
-        except BaseException:
-            self.cluster.shutdown()
+            self.cluster = _start_cluster(config, run_dir, self.console, worker_cls)
+            try:
+                self._restore_or_start(checkpoint)
+            except BaseException:
+                self.cluster.shutdown()
+                raise
+        except BaseException as err:
+            attach_run_dir(err, run_dir)
             raise
 
     def _restore_or_start(self, checkpoint: Path | None) -> None:
-        agg, workers = self.cluster.aggregator, self.cluster.workers
-        if checkpoint is None:
-            ray.get(agg.set_global.remote(workers[0].initial_adapter.remote()))
-            self.next_round = 0
-            self.payload = Broadcast.of(agg.global_payload.remote())
-            initial = ray.get(workers[0].evaluate.remote(self.payload.ref))
+        self.next_round = 0
+        while True:
+            try:
+                info = self._server_state(checkpoint)
+                break
+            except AggregatorDied as err:
+                self.cluster.restart_aggregator(f"aggregator died while starting: {err}")
+        if info is None:
+            initial = self.cluster.on_worker0("evaluate", self.payload.ref)
             self.initial_rewards = initial["rewards"]
             self.elapsed_before = 0.0
         else:
-            info = ray.get(agg.load_checkpoint.remote(str(checkpoint)))
             self.next_round = info["round"] + 1
-            self.payload = Broadcast.of(agg.global_payload.remote())
             self.initial_rewards = info["initial_rewards"]
             self.elapsed_before = info.get("elapsed_s", 0.0)
             self.console.print(f"resuming after round {info['round']} from {checkpoint}")
@@ -176,6 +155,44 @@ class FederatedRun:
         # the rows kept (a resumed run's tracker has dropped those it will re-run)
         self.step_totals = StepTotals.of_rows(read_metrics(self.run_dir) if checkpoint else [])
 
+    def _server_state(self, checkpoint: Path | None) -> dict[str, Any] | None:
+        """Give the aggregator theta^0 (no checkpoint) or the checkpoint's state and take its
+        broadcast; returns the checkpoint's state.json (None for theta^0). AggregatorDied if
+        the aggregator dies meanwhile."""
+        cluster = self.cluster
+        if checkpoint is None:
+            initial = cluster.on_worker0("initial_adapter")  # seeded: the same every time
+            cluster.from_aggregator(cluster.aggregator.set_global.remote(initial))
+            info = None
+        else:
+            load = cluster.aggregator.load_checkpoint.remote(str(checkpoint))
+            info = cluster.from_aggregator(load)
+        self.payload = Broadcast.of(cluster.aggregator.global_payload.remote(), cluster)
+        return info
+
+    def _recover_aggregator(self, reason: str) -> None:
+        """Recreate a dead aggregator with the state the round in progress started from: the
+        newest checkpoint (theta^0 and no client state before the first one)."""
+        while True:
+            self.cluster.restart_aggregator(f"aggregator died {reason}")
+            checkpoint = latest_checkpoint(self.run_dir)
+            try:
+                info = self._server_state(checkpoint)
+                break
+            except AggregatorDied as err:
+                reason = f"while being restored from {checkpoint or 'theta^0'}: {err}"
+        found = -1 if info is None else info["round"]
+        if found != self.next_round - 1:
+            raise RunError(
+                f"the aggregator died in round {self.next_round + 1} and the newest intact "
+                f"checkpoint is of round {found + 1}, not {self.next_round}: continue with "
+                f"firm-ray run --resume {self.run_dir}"
+            )
+        self.console.print(
+            f"[yellow]aggregator died {reason}; recreated from "
+            f"{checkpoint.name if checkpoint else 'theta^0'}, replaying the aggregation[/]"
+        )
+
     @property
     def done(self) -> bool:
         """All rounds ran (the run may still need ``finish``)."""
@@ -192,17 +209,34 @@ class FederatedRun:
             f"round {round_index + 1}/{fed.rounds}: training "
             f"{fed.clients_sampled_per_round} client(s) on {len(cluster.workers)} worker(s)"
         ):
-            row, self.payload = _one_round(
-                self.config, round_index, cluster, self.payload, self.console, self._failed_round
-            )
-        self.tracker.log_round(round_index, row)
-        _print_round(self.console, self.config, row)
+            row, self.payload = self._round(round_index)
+        with signals.critical():  # a signal here waits for the row to be complete
+            self.tracker.log_round(round_index, row)
+            _print_round(self.console, self.config, row)
         extra = {"initial_rewards": self.initial_rewards, "elapsed_s": self.elapsed()}
-        ray.get(cluster.aggregator.save_checkpoint.remote(round_index, extra))
+        while True:
+            try:
+                save = cluster.aggregator.save_checkpoint.remote(round_index, extra)
+                cluster.from_aggregator(save)
+                break
+            except AggregatorDied as err:  # the round's result died with it: run it again
+                self._recover_aggregator(f"saving round {round_index + 1}: {err}")
+                _, self.payload = self._round(round_index)  # the same result; logged already
         self.next_round += 1
         self.step_totals = self.step_totals.plus(row)
         check_skip_fraction(self.step_totals, self.config.trainer.max_skip_fraction)
         return row
+
+    def _round(self, round_index: int) -> tuple[dict[str, Any], Broadcast]:
+        return _one_round(
+            self.config,
+            round_index,
+            self.cluster,
+            self.payload,
+            self.console,
+            self._failed_round,
+            self._recover_aggregator,
+        )
 
     def _failed_round(self, steps: dict[str, Any]) -> None:
         """A round attempt failed to aggregate: if its skipped steps put the run over the skip
@@ -221,7 +255,7 @@ class FederatedRun:
         config, run_dir = self.config, self.run_dir
         try:
             if status == "completed":
-                files = ray.get(self.cluster.workers[0].adapter_files.remote(self.payload.ref))
+                files = self.cluster.on_worker0("adapter_files", self.payload.ref)
                 (run_dir / "adapter").mkdir(exist_ok=True)
                 for name, content in files.items():
                     (run_dir / "adapter" / name).write_bytes(content)
@@ -258,16 +292,58 @@ def run(
     """Run one federated experiment end to end; returns summary.json's content.
 
     See :class:`FederatedRun` for ``resume`` and ``worker_cls``. A run that raises still
-    writes its summary (status "failed") before the error propagates.
+    writes its summary (status "failed") before the error propagates, with the run directory
+    as ``err.run_dir``. Called in the main thread, SIGINT / SIGTERM stop it cleanly
+    (runtime/signals.py): summary status "interrupted", the resume command printed, and
+    RunInterrupted (a KeyboardInterrupt) raised.
     """
-    experiment = FederatedRun(config, resume=resume, console=console, worker_cls=worker_cls)
-    try:
-        while not experiment.done:
-            experiment.step()
-    except BaseException:
-        experiment.finish("failed")
-        raise
-    return experiment.finish("completed")
+    console = console or Console()
+    with signals.stop_on_signals() as stop:
+        experiment: FederatedRun | None = None
+        try:
+            experiment = FederatedRun(config, resume=resume, console=console, worker_cls=worker_cls)
+            while not experiment.done:
+                experiment.step()
+        except BaseException as err:
+            if experiment is not None:
+                attach_run_dir(err, experiment.run_dir)
+            if stop.signum is None:
+                if experiment is not None:
+                    experiment.finish("failed")
+                raise
+            run_dir = experiment.run_dir if experiment else getattr(err, "run_dir", None)
+            summary = experiment.finish("interrupted") if experiment else None
+            _print_interrupted(console, stop.signum, run_dir, summary)
+            raise RunInterrupted(stop.signum, run_dir, summary) from None
+        with stop.critical(deliver=False):  # the final adapter is written whole
+            summary = experiment.finish("completed")
+        if stop.signum is not None:  # it came while finishing: the run is complete
+            _print_interrupted(console, stop.signum, experiment.run_dir, summary)
+            raise RunInterrupted(stop.signum, experiment.run_dir, summary)
+        return summary
+
+
+def _print_interrupted(
+    console: Console, signum: int, run_dir: Path | str | None, summary: dict[str, Any] | None
+) -> None:
+    """What was kept and how to continue."""
+    name = signal.Signals(signum).name
+    if run_dir is None:
+        console.print(f"{name}: stopped while starting; nothing was written", markup=False)
+        return
+    run_dir = Path(run_dir)
+    if summary and summary.get("status") == "completed":
+        console.print(f"{name}: the run had completed: {run_dir}", markup=False)
+    elif latest_checkpoint(run_dir) is None:
+        console.print(
+            f"{name}: stopped before the first round ended; nothing to resume ({run_dir})",
+            markup=False,
+        )
+    else:
+        console.print(
+            f"{name}: stopped; continue with: firm-ray run --resume {shlex.quote(str(run_dir))}",
+            markup=False,
+        )
 
 
 def skip_fraction_error(totals: StepTotals, bound: float) -> str:
@@ -330,50 +406,44 @@ def worker_bundle(config: FirmConfig) -> dict[str, float]:
 def _start_cluster(
     config: FirmConfig, run_dir: Path, console: Console, worker_body: type = ClientWorker
 ) -> Cluster:
+    """Ray, the placement group, the aggregator and W workers with the model loaded; on any
+    error (or a signal) everything started here is released again."""
     started = _init_ray(config)
+    signals.reassert()  # ray.init installed its own SIGTERM handler
     runtime = config.runtime
-    bundle = worker_bundle(config)
-    group = ray.util.get_current_placement_group()
-    owns_group = group is None
-    if group is not None:  # inside a Tune trial: our workers use the trial's last W bundles
-        first_bundle = _check_trial_group(group, bundle, runtime.num_workers)
-    else:  # reserve our own bundles
-        first_bundle = 0
-        group = placement_group([bundle] * runtime.num_workers, strategy="PACK")
-        ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
-        if not ready:
-            remove_placement_group(group)
-            raise RunError(
-                f"could not place {runtime.num_workers} worker(s) of {bundle} within "
-                f"{PLACEMENT_TIMEOUT_S:.0f} s; cluster resources: {ray.cluster_resources()}. "
-                "Lower runtime.num_workers / num_cpus_per_worker / num_gpus_per_worker."
-            )
-    config_dict = config.model_dump(mode="json")
-    worker_cls = ray.remote(worker_body)
     cluster = Cluster(
         workers=[],
-        # the aggregator writes checkpoints into the run directory: keep it on the driver's node
-        aggregator=ray.remote(Aggregator)
-        .options(
-            num_cpus=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(
-                ray.get_runtime_context().get_node_id(), soft=False
-            ),
-        )
-        .remote(config_dict, str(run_dir)),
-        group=group,
+        aggregator=None,
+        group=None,
         started_ray=started,
-        worker_cls=worker_cls,
-        config_dict=config_dict,
-        owns_group=owns_group,
-        first_bundle=first_bundle,
+        worker_cls=ray.remote(worker_body),
+        config_dict=config.model_dump(mode="json"),
+        run_dir=run_dir,
+        faults=FaultLog(runtime.max_worker_restarts, runtime.max_aggregator_restarts),
     )
-    cluster.workers = [
-        worker_cls.options(**cluster.worker_options(i)).remote(config_dict, i)
-        for i in range(runtime.num_workers)
-    ]
-    with console.status(f"loading the model on {runtime.num_workers} worker(s)"):
-        facts = ray.get([w.ready.remote() for w in cluster.workers])
+    try:
+        bundle = worker_bundle(config)
+        group = ray.util.get_current_placement_group()
+        if group is not None:  # inside a Tune trial: our workers use the trial's last W bundles
+            cluster.owns_group = False
+            cluster.first_bundle = _check_trial_group(group, bundle, runtime.num_workers)
+            cluster.group = group
+        else:  # reserve our own bundles
+            cluster.group = placement_group([bundle] * runtime.num_workers, strategy="PACK")
+            ready, _ = ray.wait([cluster.group.ready()], timeout=PLACEMENT_TIMEOUT_S)
+            if not ready:
+                raise RunError(
+                    f"could not place {runtime.num_workers} worker(s) of {bundle} within "
+                    f"{PLACEMENT_TIMEOUT_S:.0f} s; cluster resources: "
+                    f"{ray.cluster_resources()}. Lower runtime.num_workers / "
+                    "num_cpus_per_worker / num_gpus_per_worker."
+                )
+        cluster.aggregator = cluster.start_aggregator()
+        cluster.workers = [cluster.start_worker(i) for i in range(runtime.num_workers)]
+        facts = _wait_for_workers(config, cluster, console)
+    except BaseException:
+        cluster.shutdown()
+        raise
     stats = facts[0]["partition"]
     (run_dir / "partition.json").write_text(json.dumps(stats, indent=2))
     console.print(
@@ -382,6 +452,50 @@ def _start_cluster(
         f"{facts[0]['adapter_parameters']:,} parameters, {runtime.num_workers} worker(s)"
     )
     return cluster
+
+
+def _wait_for_workers(config: FirmConfig, cluster: Cluster, console: Console) -> list[dict]:
+    """Every worker's ready() (the model loaded; on a cluster, downloaded first), at most
+    runtime.worker_start_timeout_s, with a progress line; a worker killed while loading is
+    replaced (a fault), one whose __init__ raised fails the run."""
+    limit = config.runtime.worker_start_timeout_s
+    count = len(cluster.workers)
+    what = f"{count} worker(s) to load {config.model.name_or_path}"
+    refs = {w.ready.remote(): i for i, w in enumerate(cluster.workers)}
+    facts: dict[int, dict] = {}
+    start = time.monotonic()
+    shown = start
+    with console.status(f"waiting for {what}") as status:
+        while refs:
+            now = time.monotonic()
+            if now - start >= limit:
+                raise RunError(
+                    f"{len(refs)} of {what} not ready within runtime.worker_start_timeout_s = "
+                    f"{limit:g} s; raise it for a large model or a slow download, or see the "
+                    "workers' logs (Ray's session_latest/logs) for what they are doing"
+                )
+            done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=min(1.0, limit))
+            for ref in done:
+                index = refs.pop(ref)
+                try:
+                    facts[index] = ray.get(ref)
+                except ActorFault as err:
+                    if err.actor_init_failed:
+                        raise
+                    cluster.restart_worker(
+                        index, f"worker {index} died loading the model: {describe_actor_error(err)}"
+                    )
+                    refs[cluster.starting.pop(index)] = index
+            waited = time.monotonic() - start
+            status.update(f"waiting for {what}: {len(facts)}/{count} ready, {waited:.0f} s")
+            if refs and waited - (shown - start) >= PROGRESS_EVERY_S:
+                shown = time.monotonic()
+                console.print(
+                    f"waiting for {what}: {len(facts)}/{count} ready after {waited:.0f} s "
+                    f"(runtime.worker_start_timeout_s = {limit:g})",
+                    markup=False,
+                )
+    return [facts[i] for i in range(count)]
 
 
 def _check_trial_group(group: Any, bundle: dict[str, float], num_workers: int) -> int:
@@ -414,8 +528,9 @@ class Broadcast:
     nbytes: int
 
     @classmethod
-    def of(cls, ref: Any) -> Broadcast:
-        return cls(ref, int(ray.get(ref).nbytes))
+    def of(cls, ref: Any, cluster: Cluster) -> Broadcast:
+        """``ref``: the aggregator's ``global_payload()`` (AggregatorDied if it died)."""
+        return cls(ref, int(cluster.from_aggregator(ref).nbytes))
 
 
 def _one_round(
@@ -425,27 +540,50 @@ def _one_round(
     payload: Broadcast,
     console: Console,
     on_failed: Callable[[dict[str, Any]], None] | None = None,
+    recover: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], Broadcast]:
     """One round from the global adapter ``payload``; (its metrics row, the new adapter).
 
     ``on_failed`` sees the step metrics of an attempt that could not aggregate (too few usable
-    updates) before it is retried or fails the run; it may raise instead.
+    updates) before it is retried or fails the run; it may raise instead. ``recover`` brings a
+    dead aggregator back to the state the round started from; the aggregator's call is then
+    repeated (the clients' updates are kept: they are seeded, in the object store, and the
+    restored client state is the one they were trained from). Without it AggregatorDied
+    propagates.
     """
+
+    def on_aggregator(call: Callable[[], Any], doing: str) -> Any:
+        while True:
+            try:
+                return call()
+            except AggregatorDied as err:
+                if recover is None:
+                    raise
+                recover(f"{doing} in round {round_index + 1}: {err}")
+
+    def aggregate() -> tuple[dict[str, Any], Any]:
+        server_ref, new_payload = cluster.aggregator.aggregate.options(num_returns=2).remote(
+            round_index, [results[c][0] for c in done], [[results[c][1]] for c in done], failures
+        )
+        return cluster.from_aggregator(server_ref), new_payload
+
     fed = config.federation
     clients = sample_clients(
         config.experiment.seed, round_index, fed.num_clients, fed.clients_sampled_per_round
     )
     for attempt in range(ROUND_RETRIES + 1):
         round_start = time.perf_counter()
-        states = ray.get(cluster.aggregator.states_for.remote(clients))
-        results, failures = _dispatch(config, round_index, clients, payload.ref, states, cluster)
+        states = on_aggregator(
+            lambda: cluster.from_aggregator(cluster.aggregator.states_for.remote(clients)),
+            "giving out client state",
+        )
+        results, failures = dispatch(
+            fed, config.runtime, round_index, clients, payload.ref, states, cluster
+        )
         steps = round_step_metrics([header for header, _ in results.values()], config)
         done = sorted(results)
-        server_ref, new_payload = cluster.aggregator.aggregate.options(num_returns=2).remote(
-            round_index, [results[c][0] for c in done], [[results[c][1]] for c in done], failures
-        )
         try:
-            server = ray.get(server_ref)
+            server, new_payload = on_aggregator(aggregate, "aggregating")
             break
         except ray.exceptions.RayTaskError as err:
             if not isinstance(err.cause, RoundFailed):
@@ -458,7 +596,7 @@ def _one_round(
     evaluation = None
     eval_seconds = 0.0
     if (round_index + 1) % fed.eval_every == 0 or round_index == fed.rounds - 1:
-        evaluation = ray.get(cluster.workers[0].evaluate.remote(new_payload))
+        evaluation = cluster.on_worker0("evaluate", new_payload)
         eval_seconds = evaluation["seconds"]
     client_metrics = server["client_metrics"]
     accepted = [str(c) for c in server["accepted"]]
@@ -497,68 +635,13 @@ def _one_round(
         else None,
         "server": server["server"],
         "timing": timing,
+        "faults": cluster.faults.take_round(),
         **steps,
         "memory": {
             "driverprocess_rss_mb": process_rss_mb(),
             "aggregatorprocess_rss_mb": server["rss_mb"],
         },
     }, Broadcast(new_payload, server["bytes_down_next"])
-
-
-def _dispatch(
-    config: FirmConfig,
-    round_index: int,
-    clients: list[int],
-    payload: Any,
-    states: dict[int, dict],
-    cluster: Cluster,
-) -> tuple[dict[int, tuple[ClientUpdate, Any]], list[dict[str, Any]]]:
-    """Run the clients on whichever worker is free.
-
-    Returns ({client: (header, payloads ref)}, failures). Each worker holds up to
-    ``TASKS_IN_FLIGHT`` tasks (the next one waits in the actor's queue, so there is no gap
-    between tasks), and the driver only fetches the small header of a finished task: the
-    adapter payload goes from the worker to the aggregator without passing through here.
-    """
-    queue = list(clients)
-    running: dict[Any, tuple[int, int, Any]] = {}  # header ref -> (client, worker, payloads ref)
-    slots = [w for _ in range(TASKS_IN_FLIGHT) for w in range(len(cluster.workers))]
-    results: dict[int, tuple[ClientUpdate, Any]] = {}
-    failures: list[dict[str, Any]] = []
-    deadline = time.perf_counter() + config.federation.round_timeout_s
-    while queue or running:
-        while queue and slots:
-            client, worker = queue.pop(0), slots.pop(0)
-            header, payloads = (
-                cluster.workers[worker]
-                .train.options(num_returns=2)
-                .remote(client, round_index, payload, states.get(client) or None)
-            )
-            running[header] = (client, worker, payloads)
-        remaining = deadline - time.perf_counter()
-        done, _ = ray.wait(list(running), num_returns=1, timeout=max(0.0, remaining))
-        if not done:  # round timeout: everyone still running or queued is late
-            for client, _, _ in running.values():
-                failures.append({"client": client, "reason": "late (round_timeout_s)"})
-            for worker in sorted({w for _, w, _ in running.values()}):
-                cluster.restart_worker(worker)
-            failures += [{"client": c, "reason": "late (not started)"} for c in queue]
-            break
-        client, worker, payloads = running.pop(done[0])
-        try:
-            results[client] = (ray.get(done[0]), payloads)
-            slots.append(worker)
-        except ray.exceptions.RayActorError as err:
-            failures.append({"client": client, "reason": f"worker died: {err}"[:300]})
-            if worker not in slots:
-                cluster.restart_worker(worker)
-            slots.append(worker)
-        except ray.exceptions.RayTaskError as err:
-            failures.append(
-                {"client": client, "reason": f"{type(err.cause).__name__}: {err.cause}"[:300]}
-            )
-            slots.append(worker)
-    return results, failures
 
 
 def _busiest_worker_seconds(client_metrics: dict[str, dict[str, Any]]) -> float:
@@ -591,12 +674,23 @@ def _print_round(console: Console, config: FirmConfig, row: dict[str, Any]) -> N
     skipped = row.get("skipped_steps") or 0
     reasons = row.get("skip_reasons") or ["no reason given"]
     skip_text = f" | skipped {skipped}/{row['local_steps']}: {reasons[0]}" if skipped else ""
+    faults = row.get("faults") or {}
+    restarts = faults.get("worker_restarts", 0) + faults.get("aggregator_restarts", 0)
+    fault_text = (
+        f" | faults: {faults['worker_restarts']} worker / {faults['aggregator_restarts']} "
+        f"aggregator restart(s), re-ran {faults['reruns'] or 'none'}"
+        if restarts
+        else ""
+    )
     console.print(
         f"round {row['round'] + 1}/{config.federation.rounds}: {reward_text} | kl {kl} | "
         f"mean lambda {mean_lam} | disagreement {dis_text} | drift {row['param_drift']:.4f} | "
-        f"{ok}/{len(row['clients'])} clients | {row['timing']['round_wall']:.1f} s{skip_text}",
+        f"{ok}/{len(row['clients'])} clients | {row['timing']['round_wall']:.1f} s{skip_text}"
+        f"{fault_text}",
         markup=False,
     )
+    for event in faults.get("events", []):
+        console.print(f"  fault: {event}", markup=False)
     for failure in row["failed"][:MAX_FAILURES_SHOWN]:
         console.print(f"  client {failure['client']} left out: {failure['reason']}", markup=False)
     if len(row["failed"]) > MAX_FAILURES_SHOWN:

@@ -7,10 +7,17 @@ computes depends on the worker that runs it (seeds derive from experiment seed, 
 so results are the same for any number of workers and any scheduling order.
 
 Prompts never leave the worker: only adapters (safetensors bytes) and small metric dicts do.
+
+With ``FIRM_RAY_TASK_TRACE=/path/file`` in the workers' environment, every task appends one
+JSON line when it starts: {"pid", "worker", "task", "client", "round", "time"} (no data). Fault
+tests and bench/faults.py use it to kill (SIGKILL) or freeze (SIGSTOP) the process that runs a
+given client or the evaluation, mid-task.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +75,33 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
+TRACE_ENV = "FIRM_RAY_TASK_TRACE"
+
+
+def trace_task(
+    worker: int, task: str, client: int | None = None, round_index: int | None = None
+) -> None:
+    """Append the start of a task to $FIRM_RAY_TASK_TRACE (nothing when it is unset)."""
+    path = os.environ.get(TRACE_ENV)
+    if not path:
+        return
+    line = json.dumps(
+        {
+            "pid": os.getpid(),
+            "worker": worker,
+            "task": task,
+            "client": client,
+            "round": round_index,
+            "time": time.time(),
+        }
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:  # one write of a short line with O_APPEND: lines of concurrent workers never mix
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
 class ClientWorker:
     """One model replica serving client training and evaluation tasks."""
 
@@ -94,6 +128,7 @@ class ClientWorker:
 
     def ready(self) -> dict[str, Any]:
         """Set-up facts the driver prints and saves (partition statistics, adapter size)."""
+        trace_task(self.worker_index, "ready")
         state = get_adapter_state(self.policy.model)
         return {
             "worker": self.worker_index,
@@ -104,6 +139,7 @@ class ClientWorker:
 
     def initial_adapter(self) -> Payload:
         """theta^0: the seeded LoRA initialization, serialized."""
+        trace_task(self.worker_index, "initial_adapter")
         return adapter_to_buffer(get_adapter_state(self.policy.model))
 
     def train(
@@ -118,6 +154,7 @@ class ClientWorker:
         ``client_state`` (kept by the aggregator) restores per-client reward normalization
         statistics, so the result does not depend on which worker served the client before.
         """
+        trace_task(self.worker_index, "train", client_id, round_index)
         start = time.perf_counter()
         state = client_state or {}
         for reward, initial in zip(self.rewards, self._initial_reward_states, strict=True):
@@ -137,6 +174,7 @@ class ClientWorker:
 
     def evaluate(self, global_payload: Payload) -> dict[str, Any]:
         """Rewards and KL of the global policy on the held-out prompts."""
+        trace_task(self.worker_index, "evaluate")
         cfg = self.config
         set_adapter_state(self.policy.model, adapter_from_bytes(global_payload, copy=False))
         start = time.perf_counter()
@@ -161,6 +199,7 @@ class ClientWorker:
     def adapter_files(self, global_payload: Payload) -> dict[str, bytes]:
         """The PEFT directory of an adapter as {file name: bytes}, so the driver writes it on
         its own node (``PeftModel.from_pretrained`` loads the directory)."""
+        trace_task(self.worker_index, "adapter_files")
         set_adapter_state(self.policy.model, adapter_from_bytes(global_payload, copy=False))
         with tempfile.TemporaryDirectory() as tmp:
             save_adapter(self.policy.model, Path(tmp))
