@@ -196,16 +196,23 @@ def test_a_failed_metrics_append_leaves_no_torn_line(small_disk: Disk) -> None:
     assert rows == [{"round": 0, "param_drift": 0.5}, {"round": 1, "param_drift": 0.25}]
 
 
-def test_plots_on_a_full_disk_keep_the_previous_plots(small_disk: Disk) -> None:
+def test_plots_on_a_full_disk_leave_no_partial_png(small_disk: Disk) -> None:
+    """The user's report: a 0-byte plot after a full disk. Now no PNG at all, then, once space
+    is freed, complete ones; a later full disk keeps them as they were."""
     write_run(small_disk.path, 2)
-    paths = make_plots(small_disk.path)
-    before = {p.name: p.read_bytes() for p in paths}
-    small_disk.fill(leave=8192)
+    small_disk.fill(leave=0)
     with pytest.raises(StorageError) as err:
         make_plots(small_disk.path)
     _one_line(err, small_disk.path / "plots", "no space left", "plot")
-    assert {p.name: p.read_bytes() for p in paths} == before
+    assert not list(small_disk.path.glob("plots/*"))
+    small_disk.free()
+    paths = make_plots(small_disk.path)
+    before = {p.name: p.read_bytes() for p in paths}
     assert all(data[:8] == PNG_SIGNATURE for data in before.values())
+    small_disk.fill(leave=8192)
+    with pytest.raises(StorageError):
+        make_plots(small_disk.path)
+    assert {p.name: p.read_bytes() for p in paths} == before
     assert _entries(small_disk.path / "plots") == sorted(before)
 
 
