@@ -183,3 +183,22 @@ def test_storage_errors_are_user_errors() -> None:
     storage = pytest.importorskip("firm_ray.tracking.storage")
     err = storage.StorageError("runs/x/summary.json: disk full; free some space", path="runs/x")
     assert (describe(err).message, describe(err).exit_code) == (str(err), 2)
+
+
+def test_sweep_preflights_its_base_config_and_each_variant(tmp_path, capsys) -> None:
+    from firm_ray.cli.main import main
+
+    sweep = tmp_path / "s.yaml"
+    (tmp_path / "base.yaml").write_text(QUICKSTART.read_text())
+    sweep.write_text(
+        "sweep:\n  name: s\n  base: base.yaml\n"
+        f"  output_dir: {tmp_path / 'sweeps'}\n"
+        "  variants:\n    firm: [algorithm.name=firm]\n"
+        f"    other_data: [data.source=jsonl, 'data.path={tmp_path / 'none.jsonl'}']\n"
+        "  space: {algorithm.beta: {grid: [0.1]}}\n"
+    )
+    assert main(["sweep", str(sweep)]) == 2
+    assert (
+        capsys.readouterr().out == f"error: data.path {tmp_path / 'none.jsonl'}: file not found\n"
+    )
+    assert not (tmp_path / "sweeps").exists()
