@@ -39,7 +39,8 @@ from rich.console import Console
 
 from firm_ray.config import FirmConfig, save_config
 from firm_ray.runtime.aggregator import latest_checkpoint
-from firm_ray.runtime.loop import FederatedRun, _fresh_run_dir, _init_ray, worker_bundle
+from firm_ray.runtime.local_ray import init_ray
+from firm_ray.runtime.loop import FederatedRun, _fresh_run_dir, worker_bundle
 from firm_ray.sweep_spec import Sweep, load_sweep
 from firm_ray.tracking.jsonl import SUMMARY_FILE, read_metrics, write_json_atomic
 from firm_ray.tracking.report import build_summary
@@ -400,7 +401,7 @@ def _execute(
     base = sweep.base_config
     # Tune warns when trials checkpoint every few seconds; ours are a few bytes each round
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    started = _init_ray(base)
+    started = init_ray(base)
     try:
         resources = trial_resources(base)
         if check_resources:
