@@ -54,8 +54,9 @@ __all__ = [
     "preflight",
 ]
 
-FULL_CHECK_BYTES = 64 * 2**20
-"""Local data files up to this size are loaded whole on the driver (every row checked)."""
+FULL_CHECK_BYTES = 8 * 2**20
+"""Local data files up to this size are loaded whole on the driver (every row checked): about
+1.3-1.7 s for 8 MiB (78,000 short prompts) on 2 busy cores; 82 MiB took 26 s, hence the cap."""
 FIRST_ROWS = 1000
 """Records parsed from the start of a larger source, or of a local Hugging Face dataset."""
 MIN_FREE_BYTES = 64 * 2**20
