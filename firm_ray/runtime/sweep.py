@@ -21,6 +21,11 @@ resolved into ``base_config.yaml`` next to it), ``trials/<trial_id>/`` (one run 
 trial, schema docs/ARTIFACTS.md), ``tune/`` (Tune's experiment state) and the report files.
 Multi-node: trials write their run directories on the node they run on, so give the sweep a
 shared filesystem (``sweep.output_dir`` on NFS or similar).
+
+``--resume`` runs code from the sweep directory: ``tune.Tuner.restore`` unpickles
+``tune/tuner.pkl`` (and the cloudpickled trial state beside it), and the configs name modules to
+import. :func:`check_resume_dir` therefore refuses a directory in which anything is not owned
+by the current user or is writable by group or others (docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -41,11 +46,12 @@ from firm_ray.config import FirmConfig, save_config
 from firm_ray.runtime.aggregator import latest_checkpoint
 from firm_ray.runtime.local_ray import init_ray
 from firm_ray.runtime.loop import FederatedRun, _fresh_run_dir, worker_bundle
+from firm_ray.runtime.ownership import untrusted_reason
 from firm_ray.sweep_spec import Sweep, load_sweep
 from firm_ray.tracking.jsonl import SUMMARY_FILE, read_metrics, write_json_atomic
 from firm_ray.tracking.report import build_summary
 
-__all__ = ["SweepError", "resume_sweep", "run_sweep", "trial_resources"]
+__all__ = ["SweepError", "check_resume_dir", "resume_sweep", "run_sweep", "trial_resources"]
 
 SPEC_FILE = "sweep.yaml"
 BASE_FILE = "base_config.yaml"
@@ -470,7 +476,22 @@ def resume_sweep(
 ) -> dict[str, Any]:
     """Continue an interrupted sweep: finished trials are kept, unfinished ones resume from
     their last round checkpoint, errored ones are retried from theirs."""
+    sweep_dir = check_resume_dir(sweep_dir)
+    return _execute(sweep_dir, console or Console(), restore=True, check_resources=check_resources)
+
+
+def check_resume_dir(sweep_dir: str | Path) -> Path:
+    """The resolved sweep directory, if it is one and only the current user could have written
+    it: resuming unpickles Tune's state from it (code execution), so call this before reading
+    anything there."""
     sweep_dir = Path(sweep_dir).resolve()
     if not (sweep_dir / SPEC_FILE).exists() or not (sweep_dir / TUNE_DIR).exists():
         raise SweepError(f"--resume {sweep_dir}: not a sweep directory (no {SPEC_FILE} or tune/)")
-    return _execute(sweep_dir, console or Console(), restore=True, check_resources=check_resources)
+    reason = untrusted_reason(sweep_dir)
+    if reason is not None:
+        raise SweepError(
+            f"--resume refuses {sweep_dir}: {reason}. Resuming loads Ray Tune's pickled state "
+            "(tune/tuner.pkl), which can run any code; resume only a sweep directory that you "
+            f"own and nobody else can write (e.g. chmod -R go-w {sweep_dir})"
+        )
+    return sweep_dir
