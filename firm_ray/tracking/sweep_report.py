@@ -66,7 +66,14 @@ from firm_ray.tracking.jsonl import (
     write_json_atomic,
     write_text_atomic,
 )
-from firm_ray.tracking.report import _fmt, _new_figure, _number, _vector, load_summary
+from firm_ray.tracking.report import (
+    _fmt,
+    _new_figure,
+    _number,
+    _vector,
+    load_summary,
+    save_figure,
+)
 
 __all__ = [
     "DRIFT_PNG",
@@ -512,7 +519,7 @@ def _empty_figure(path: Path, title: str, message: str) -> Path:
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12, transform=ax.transAxes)
     ax.set_axis_off()
     fig.suptitle(title)
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 
@@ -649,7 +656,7 @@ def _plot_pareto(
     n_out = pareto["n_excluded"]
     note = f"; {n_out} other trial(s) left out (see pareto.json: excluded)" if n_out else ""
     fig.suptitle(f"{title}\n{len(included)} completed trials, rewards maximized{note}", fontsize=11)
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 
@@ -755,7 +762,7 @@ def _plot_drift(path: Path, pareto: dict[str, Any], included: list[dict[str, Any
             shrink=0.9,
         )
     fig.suptitle(f"{title}\ncompleted trials; each value a mean over rounds and sampled clients")
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 
