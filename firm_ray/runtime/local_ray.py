@@ -24,8 +24,11 @@ cluster it starts, ``_private/worker.py:1884``, so that module sends nothing).
 from __future__ import annotations
 
 import os
+import stat
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import ray
 from ray._private import ray_constants
@@ -70,7 +73,8 @@ def start_local_ray(dashboard: bool = False, **init_kwargs: object) -> None:
 
     ``dashboard`` starts Ray's web dashboard (on 127.0.0.1, port 8265 or the next free one);
     ``init_kwargs`` go to ``ray.init`` (e.g. ``num_cpus``). Token authentication stays as Ray
-    sets it (on by default since Ray 2.52: a client needs ``~/.ray/auth_token``).
+    sets it (on by default since Ray 2.52: a client needs ``~/.ray/auth_token``); that file is
+    made private to its owner if it is not (one line on stderr says so).
     """
     kwargs: dict[str, object] = {"log_to_driver": True, "configure_logging": False}
     kwargs.update(init_kwargs)
@@ -82,6 +86,32 @@ def start_local_ray(dashboard: bool = False, **init_kwargs: object) -> None:
             dashboard_host=LOOPBACK,
             **kwargs,
         )
+    notice = _private_token_file()
+    if notice is not None:
+        print(notice, file=sys.stderr)
+
+
+def _private_token_file() -> str | None:
+    """Make Ray's token file readable by its owner only; returns a line saying so, or None.
+
+    Ray 2.60 writes ``~/.ray/auth_token`` with the default umask (0644 under umask 022:
+    ``authentication_token_setup.py:47``), so any user of this machine could read the token
+    that keeps them out of this loopback-only Ray.
+    """
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        info = path.stat()
+        if info.st_uid != os.getuid() or not info.st_mode & 0o077:
+            return None
+        path.chmod(0o600)
+    except OSError:
+        return None
+    return (
+        f"firm-ray: made Ray's token file {path} private (mode 0600, was "
+        f"{stat.S_IMODE(info.st_mode):04o}): other users of this machine could read it"
+    )
 
 
 def init_ray(config: FirmConfig) -> bool:

@@ -9,6 +9,8 @@ listeners): it accepts connections to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -104,12 +106,17 @@ def gcs_call(metadata: list[tuple[str, str]] | None) -> grpc.StatusCode:
 
 def test_run_listens_on_loopback_only(tmp_path, world_model_dir) -> None:
     """A real federated round: every socket of the run's Ray is on 127.0.0.1, no web UI runs,
-    and the GCS refuses a client without the cluster's token (the other users of this host)."""
+    and the GCS refuses a client without the cluster's token, which only its owner can read
+    (loopback is open to every user of this host)."""
     config = load_config(
         "tune_configs/quickstart.yaml",
         [f"experiment.output_dir={tmp_path}", "experiment.name=lo", *TINY, "federation.rounds=1"],
     )
     assert not config.runtime.dashboard
+    token_file = Path.home() / ".ray" / "auth_token"  # where Ray keeps it without RAY_AUTH_TOKEN*
+    from_file = not {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ)
+    if from_file and token_file.exists():  # as Ray leaves it (written under umask 022)
+        token_file.chmod(0o644)
     experiment = FederatedRun(config)
     try:
         experiment.step()
@@ -139,6 +146,9 @@ def test_run_listens_on_loopback_only(tmp_path, world_model_dir) -> None:
             gcs_call([("authorization", "Bearer " + "0" * 32)]) == grpc.StatusCode.UNAUTHENTICATED
         )
         assert gcs_call(list(token.items())) == grpc.StatusCode.OK
+        # ... and other users cannot read the token
+        if from_file:
+            assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     finally:
         experiment.finish("completed")
         ray.shutdown()
