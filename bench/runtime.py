@@ -1401,13 +1401,9 @@ def main() -> None:
     ours: list[dict[str, Any]] = []
     pools: list[dict[str, Any]] = []  # the bare Ray pool at each N
     # address="local": a fresh instance, never a stray `ray start` cluster of another process
-    ray.init(
-        address="local",
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        log_to_driver=True,
-        configure_logging=False,
-    )
+    from firm_ray.runtime.local_ray import start_local_ray
+
+    start_local_ray()  # every Ray process on 127.0.0.1 only (firm_ray.runtime.local_ray)
     idle: dict[str, float] = {}
     result["cpu_busy_percent_before"] = idle
     try:

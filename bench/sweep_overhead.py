@@ -90,9 +90,10 @@ def time_inprocess_runs(rounds: int, out: Path) -> list[float]:
     import ray
 
     from firm_ray.config import load_config
+    from firm_ray.runtime.local_ray import start_local_ray
     from firm_ray.runtime.loop import run
 
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
+    start_local_ray()
     walls = []
     try:
         for i, pref in enumerate(PREFERENCES):

@@ -78,7 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sweep.add_argument("sweep_file", nargs="?", help="sweep YAML (omit with --resume)")
-    sweep.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
+    sweep.add_argument(
+        "--resume",
+        metavar="SWEEP_DIR",
+        help=(
+            "continue an interrupted sweep. Loads Ray Tune's pickled state "
+            "(SWEEP_DIR/tune/tuner.pkl), which can run any code: a directory holding anything not "
+            "owned by you or writable by group/others is refused (docs/SECURITY.md)"
+        ),
+    )
     sweep.add_argument(
         "--output-dir",
         metavar="DIR",
@@ -206,10 +214,17 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.resume and args.output_dir:
         print("error: --resume continues a sweep in its own directory; drop --output-dir")
         return 2
+    from firm_ray.runtime.loop import RunError
+    from firm_ray.runtime.sweep import SweepError, check_resume_dir, resume_sweep, run_sweep
+
+    if args.resume:  # before anything reads the directory: its configs may name modules to import
+        try:
+            check_resume_dir(args.resume)
+        except SweepError as err:
+            print(f"error: {err}")
+            return 2
     if not args.no_preflight and not _preflight_sweep(args):
         return 2
-    from firm_ray.runtime.loop import RunError
-    from firm_ray.runtime.sweep import SweepError, resume_sweep, run_sweep
 
     check = not args.no_resource_check
     try:

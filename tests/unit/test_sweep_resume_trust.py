@@ -140,3 +140,16 @@ def test_a_link_counts_as_its_target(sweep_dir: Path, tmp_path: Path) -> None:
     pkl.unlink()
     pkl.symlink_to(outside)
     assert "tuner.pkl is writable by others" in refused(sweep_dir, tmp_path / "marker")
+
+
+def test_cli_refuses_before_reading_anything(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+    """`firm-ray sweep --resume` checks the directory before its pre-flight reads the sweep's
+    configs (which may name modules to import): one `error:` line, exit 2, nothing ran."""
+    from firm_ray.cli.main import main
+
+    os.chmod(sweep_dir / "tune" / "tuner.pkl", 0o666)
+    assert main(["sweep", "--resume", str(sweep_dir)]) == 2
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "tuner.pkl" in lines[0]
+    assert not (tmp_path / "marker").exists()
+    assert not ray.is_initialized()
