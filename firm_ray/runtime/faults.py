@@ -1,5 +1,6 @@
-"""The run's actors and how their faults are survived: dead or stuck workers are replaced and
-their clients re-run, a dead aggregator is recreated by the round loop (runtime/loop.py).
+"""How the run survives its actors' faults: dead or stuck workers are replaced (runtime/
+cluster.py) and their clients re-run here, a dead aggregator is recreated by the round loop
+(runtime/loop.py).
 
 A worker fault costs nothing: every client task is seeded by (experiment seed, client, round)
 and client state lives with the aggregator, so a client re-run on another (or a replaced)
@@ -22,19 +23,15 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
-from ray.util.placement_group import remove_placement_group
-from ray.util.scheduling_strategies import (
-    NodeAffinitySchedulingStrategy,
-    PlacementGroupSchedulingStrategy,
-)
 
-from firm_ray.runtime.aggregator import Aggregator
 from firm_ray.runtime.errors import RunError
 from firm_ray.types import ClientUpdate
+
+if TYPE_CHECKING:
+    from firm_ray.runtime.cluster import Cluster
 
 TASKS_IN_FLIGHT = 2  # per worker: one running, one queued in the actor
 ActorFault = ray.exceptions.RayActorError  # ActorDiedError, ActorUnavailableError
@@ -104,95 +101,6 @@ class FaultLog:
                 f"{event}. The aggregator holds one adapter (M for fmgda) and the client "
                 "state: check the driver node's memory"
             )
-
-
-@dataclass
-class Cluster:
-    """The actors of one run, how to replace them, and how to tear them down."""
-
-    workers: list[Any]
-    aggregator: Any
-    group: Any
-    started_ray: bool
-    worker_cls: Any
-    config_dict: dict[str, Any]
-    run_dir: Path
-    faults: FaultLog
-    owns_group: bool = True
-    """False inside a Ray Tune trial: the group is the trial's and Tune removes it."""
-    first_bundle: int = 0
-    """Worker i runs in bundle first_bundle + i (a Tune trial's group may hold more bundles)."""
-    starting: dict[int, Any] = field(default_factory=dict)
-    """ready() of the replaced workers still loading the model (their first queued task)."""
-
-    def worker_options(self, index: int) -> dict[str, Any]:
-        runtime = self.config_dict["runtime"]
-        return {
-            "num_cpus": runtime["num_cpus_per_worker"],
-            "num_gpus": runtime["num_gpus_per_worker"],
-            "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                placement_group=self.group,
-                placement_group_bundle_index=self.first_bundle + index,
-            ),
-        }
-
-    def start_worker(self, index: int) -> Any:
-        return self.worker_cls.options(**self.worker_options(index)).remote(self.config_dict, index)
-
-    def restart_worker(self, index: int, event: str = "", bounded: bool = True) -> None:
-        """Replace a dead or stuck worker by a fresh one in the same bundle; counted in the
-        round's faults (``bounded``: against runtime.max_worker_restarts)."""
-        if event:
-            self.faults.worker_fault(event, bounded)
-        ray.kill(self.workers[index], no_restart=True)
-        self.workers[index] = self.start_worker(index)
-        self.starting[index] = self.workers[index].ready.remote()
-
-    def start_aggregator(self) -> Any:
-        """The aggregator writes checkpoints into the run directory: pinned to this node."""
-        return (
-            ray.remote(Aggregator)
-            .options(
-                num_cpus=0,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(
-                    ray.get_runtime_context().get_node_id(), soft=False
-                ),
-            )
-            .remote(self.config_dict, str(self.run_dir))
-        )
-
-    def restart_aggregator(self, event: str) -> None:
-        self.faults.aggregator_fault(event)
-        ray.kill(self.aggregator, no_restart=True)
-        self.aggregator = self.start_aggregator()
-
-    def from_aggregator(self, ref: Any) -> Any:
-        """ray.get of an aggregator call; AggregatorDied if the actor died."""
-        try:
-            return ray.get(ref)
-        except ActorFault as err:
-            raise AggregatorDied(describe_actor_error(err)) from None
-
-    def on_worker0(self, method: str, *args: Any) -> Any:
-        """Call ``method`` on worker 0 (evaluation, theta^0, the adapter's files), on a
-        replaced worker 0 if it dies."""
-        while True:
-            try:
-                return ray.get(getattr(self.workers[0], method).remote(*args))
-            except ActorFault as err:
-                if err.actor_init_failed:
-                    raise
-                event = f"worker 0 died during {method}: {describe_actor_error(err)}"
-                self.restart_worker(0, event)
-
-    def shutdown(self) -> None:
-        for actor in [*self.workers, self.aggregator]:
-            if actor is not None:
-                ray.kill(actor, no_restart=True)
-        if self.owns_group and self.group is not None:
-            remove_placement_group(self.group)
-        if self.started_ray:
-            ray.shutdown()
 
 
 @dataclass
@@ -312,7 +220,6 @@ __all__ = [
     "TASKS_IN_FLIGHT",
     "ActorFault",
     "AggregatorDied",
-    "Cluster",
     "FaultLog",
     "describe_actor_error",
     "dispatch",

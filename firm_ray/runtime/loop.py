@@ -30,7 +30,6 @@ that learned nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -41,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.util.placement_group import placement_group
 from rich.console import Console
 
 from firm_ray.config import FirmConfig, load_config, save_config
@@ -49,24 +47,16 @@ from firm_ray.federation import RoundFailed, sample_clients
 from firm_ray.federation.strategies import round_step_metrics
 from firm_ray.runtime import signals
 from firm_ray.runtime.aggregator import latest_checkpoint, process_rss_mb
+from firm_ray.runtime.cluster import Cluster, start_cluster, worker_bundle
 from firm_ray.runtime.errors import RunError, RunInterrupted, attach_run_dir
-from firm_ray.runtime.faults import (
-    ActorFault,
-    AggregatorDied,
-    Cluster,
-    FaultLog,
-    describe_actor_error,
-    dispatch,
-)
+from firm_ray.runtime.faults import AggregatorDied, dispatch
 from firm_ray.runtime.worker import ClientWorker
 from firm_ray.tracking.jsonl import read_metrics
 from firm_ray.tracking.report import StepTotals, build_summary, make_plots, print_report
 from firm_ray.tracking.wandb_tracker import make_tracker
 
-PLACEMENT_TIMEOUT_S = 60.0
 ROUND_RETRIES = 1
 MAX_FAILURES_SHOWN = 5  # left-out clients printed per round (all of them are in the row)
-PROGRESS_EVERY_S = 30.0  # a printed line while the workers load the model
 
 
 class FederatedRun:
@@ -114,7 +104,9 @@ class FederatedRun:
         self.summary: dict[str, Any] | None = None
         self.console.print(f"[bold]firm-ray[/] {config.algorithm.name} -> {run_dir}")
         try:
-            self.cluster = _start_cluster(config, run_dir, self.console, worker_cls)
+            started = _init_ray(config)
+            signals.reassert()  # ray.init installed its own SIGTERM handler
+            self.cluster = start_cluster(config, run_dir, self.console, worker_cls, started)
             try:
                 self._restore_or_start(checkpoint)
             except BaseException:
@@ -343,6 +335,7 @@ def _print_interrupted(
         console.print(
             f"{name}: stopped; continue with: firm-ray run --resume {shlex.quote(str(run_dir))}",
             markup=False,
+            soft_wrap=True,  # one line to copy, however narrow the terminal
         )
 
 
@@ -393,129 +386,6 @@ def _init_ray(config: FirmConfig) -> bool:
         configure_logging=False,
     )
     return True
-
-
-def worker_bundle(config: FirmConfig) -> dict[str, float]:
-    """The resources of one ClientWorker (one placement-group bundle)."""
-    bundle = {"CPU": float(config.runtime.num_cpus_per_worker)}
-    if config.runtime.num_gpus_per_worker > 0:
-        bundle["GPU"] = float(config.runtime.num_gpus_per_worker)
-    return bundle
-
-
-def _start_cluster(
-    config: FirmConfig, run_dir: Path, console: Console, worker_body: type = ClientWorker
-) -> Cluster:
-    """Ray, the placement group, the aggregator and W workers with the model loaded; on any
-    error (or a signal) everything started here is released again."""
-    started = _init_ray(config)
-    signals.reassert()  # ray.init installed its own SIGTERM handler
-    runtime = config.runtime
-    cluster = Cluster(
-        workers=[],
-        aggregator=None,
-        group=None,
-        started_ray=started,
-        worker_cls=ray.remote(worker_body),
-        config_dict=config.model_dump(mode="json"),
-        run_dir=run_dir,
-        faults=FaultLog(runtime.max_worker_restarts, runtime.max_aggregator_restarts),
-    )
-    try:
-        bundle = worker_bundle(config)
-        group = ray.util.get_current_placement_group()
-        if group is not None:  # inside a Tune trial: our workers use the trial's last W bundles
-            cluster.owns_group = False
-            cluster.first_bundle = _check_trial_group(group, bundle, runtime.num_workers)
-            cluster.group = group
-        else:  # reserve our own bundles
-            cluster.group = placement_group([bundle] * runtime.num_workers, strategy="PACK")
-            ready, _ = ray.wait([cluster.group.ready()], timeout=PLACEMENT_TIMEOUT_S)
-            if not ready:
-                raise RunError(
-                    f"could not place {runtime.num_workers} worker(s) of {bundle} within "
-                    f"{PLACEMENT_TIMEOUT_S:.0f} s; cluster resources: "
-                    f"{ray.cluster_resources()}. Lower runtime.num_workers / "
-                    "num_cpus_per_worker / num_gpus_per_worker."
-                )
-        cluster.aggregator = cluster.start_aggregator()
-        cluster.workers = [cluster.start_worker(i) for i in range(runtime.num_workers)]
-        facts = _wait_for_workers(config, cluster, console)
-    except BaseException:
-        cluster.shutdown()
-        raise
-    stats = facts[0]["partition"]
-    (run_dir / "partition.json").write_text(json.dumps(stats, indent=2))
-    console.print(
-        f"{config.federation.num_clients} clients (sizes {stats.get('sizes')}), "
-        f"{facts[0]['eval_prompts']} eval prompts, adapter of "
-        f"{facts[0]['adapter_parameters']:,} parameters, {runtime.num_workers} worker(s)"
-    )
-    return cluster
-
-
-def _wait_for_workers(config: FirmConfig, cluster: Cluster, console: Console) -> list[dict]:
-    """Every worker's ready() (the model loaded; on a cluster, downloaded first), at most
-    runtime.worker_start_timeout_s, with a progress line; a worker killed while loading is
-    replaced (a fault), one whose __init__ raised fails the run."""
-    limit = config.runtime.worker_start_timeout_s
-    count = len(cluster.workers)
-    what = f"{count} worker(s) to load {config.model.name_or_path}"
-    refs = {w.ready.remote(): i for i, w in enumerate(cluster.workers)}
-    facts: dict[int, dict] = {}
-    start = time.monotonic()
-    shown = start
-    with console.status(f"waiting for {what}") as status:
-        while refs:
-            now = time.monotonic()
-            if now - start >= limit:
-                raise RunError(
-                    f"{len(refs)} of {what} not ready within runtime.worker_start_timeout_s = "
-                    f"{limit:g} s; raise it for a large model or a slow download, or see the "
-                    "workers' logs (Ray's session_latest/logs) for what they are doing"
-                )
-            done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=min(1.0, limit))
-            for ref in done:
-                index = refs.pop(ref)
-                try:
-                    facts[index] = ray.get(ref)
-                except ActorFault as err:
-                    if err.actor_init_failed:
-                        raise
-                    cluster.restart_worker(
-                        index, f"worker {index} died loading the model: {describe_actor_error(err)}"
-                    )
-                    refs[cluster.starting.pop(index)] = index
-            waited = time.monotonic() - start
-            status.update(f"waiting for {what}: {len(facts)}/{count} ready, {waited:.0f} s")
-            if refs and waited - (shown - start) >= PROGRESS_EVERY_S:
-                shown = time.monotonic()
-                console.print(
-                    f"waiting for {what}: {len(facts)}/{count} ready after {waited:.0f} s "
-                    f"(runtime.worker_start_timeout_s = {limit:g})",
-                    markup=False,
-                )
-    return [facts[i] for i in range(count)]
-
-
-def _check_trial_group(group: Any, bundle: dict[str, float], num_workers: int) -> int:
-    """Index of the first worker bundle in the current (Tune trial's) placement group.
-
-    Fails at once, naming both layouts, when the group cannot hold our W workers: an actor
-    asking for more than its bundle would wait forever instead.
-    """
-    specs = group.bundle_specs
-    ours = specs[len(specs) - num_workers :] if len(specs) >= num_workers else []
-    fits = len(ours) == num_workers and all(
-        spec.get(k, 0.0) + 1e-9 >= v for spec in ours for k, v in bundle.items()
-    )
-    if not fits:
-        raise RunError(
-            f"this run needs {num_workers} bundle(s) of {bundle} for its workers, but the "
-            f"placement group it runs in has {specs}; build the trial's resources with "
-            "firm_ray.runtime.sweep.trial_resources(config)"
-        )
-    return len(specs) - num_workers
 
 
 # ---------------------------------------------------------------------------------- rounds
