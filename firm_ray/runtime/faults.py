@@ -76,6 +76,13 @@ class FaultLog:
         self.reruns, self.events = [], []
         return row
 
+    def carry(self, row: dict[str, Any]) -> None:
+        """Put the faults of a row that is not logged (a replayed round) back for the next."""
+        self.worker_restarts += row["worker_restarts"]
+        self.aggregator_restarts += row["aggregator_restarts"]
+        self.reruns += row["reruns"]
+        self.events += row["events"]
+
     def worker_fault(self, event: str, bounded: bool = True) -> None:
         self.worker_restarts += 1
         self.events.append(event)

@@ -4,10 +4,10 @@
     RAY_ADDRESS=auto firm-ray run CONFIG                       # an existing cluster
     ray job submit --working-dir . -- python -m firm_ray run CONFIG
 
-Reads top to bottom: set up (run dir, Ray, a placement group of W worker bundles, W
-ClientWorker actors, the Aggregator actor, theta^0, the initial evaluation), then per round
-(sample clients -> dispatch to free workers -> collect with a timeout -> aggregate -> evaluate
--> log -> checkpoint), then save the final adapter, summary and plots.
+Reads top to bottom: set up (run dir, Ray, then runtime/cluster.py: a placement group of W
+worker bundles, W ClientWorker actors, the Aggregator actor; theta^0, the initial evaluation),
+then per round (sample clients -> dispatch to free workers -> collect with a timeout ->
+aggregate -> evaluate -> log -> checkpoint), then save the final adapter, summary and plots.
 
 A client whose own code raised, or that is late (``federation.round_timeout_s``), is left out
 and counted; a round with fewer than ``federation.min_clients`` usable updates is retried once,
@@ -15,8 +15,10 @@ then the run fails with the reason.
 
 Faults cost nothing (runtime/faults.py): a dead or stuck worker is replaced and its clients
 re-run in the same round; a dead aggregator is recreated, restored from the last checkpoint (or
-theta^0) and the round's aggregation replayed. Both give the adapter of an uninterrupted run,
-are counted in the round's row (``faults``) and bounded per run (``runtime.max_*_restarts``).
+theta^0) and the aggregation replayed on the round's kept client updates (a death while saving
+the checkpoint replays the whole round: its result died with the aggregator). Both give the
+adapter of an uninterrupted run, are counted in the round's row (``faults``; those of start-up
+and of a checkpoint save in the next row) and bounded per run (``runtime.max_*_restarts``).
 SIGINT / SIGTERM (runtime/signals.py) abandon the round in progress, write summary.json with
 status ``interrupted``, shut down the Ray this run started, print the resume command and raise
 RunInterrupted; a second signal exits at once.
@@ -213,7 +215,8 @@ class FederatedRun:
                 break
             except AggregatorDied as err:  # the round's result died with it: run it again
                 self._recover_aggregator(f"saving round {round_index + 1}: {err}")
-                _, self.payload = self._round(round_index)  # the same result; logged already
+                replay, self.payload = self._round(round_index)  # the same result, logged
+                cluster.faults.carry(replay["faults"])  # shown in the next round's row
         self.next_round += 1
         self.step_totals = self.step_totals.plus(row)
         check_skip_fraction(self.step_totals, self.config.trainer.max_skip_fraction)

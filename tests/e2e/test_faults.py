@@ -170,6 +170,7 @@ def run_with(trace: TaskTrace, steps: list, cfg: Any) -> tuple[Path, list[dict]]
 
 def test_worker_1_killed_mid_round(tmp_path: Path, trace: TaskTrace, baseline: Path) -> None:
     run_dir, rows = run_with(trace, [(train_of(1, 1), kill())], config(tmp_path, "w1"))
+    assert_same_adapter(run_dir, baseline)
     faults = rows[1]["faults"]
     assert faults["worker_restarts"] == 1 and faults["aggregator_restarts"] == 0
     assert faults["reruns"] == [train_of(1, 1)(trace.lines())["client"]], faults
@@ -177,7 +178,6 @@ def test_worker_1_killed_mid_round(tmp_path: Path, trace: TaskTrace, baseline: P
     assert not rows[1]["failed"] and len(rows[1]["clients"]) == 2
     assert rows[0]["faults"]["worker_restarts"] == rows[2]["faults"]["worker_restarts"] == 0
     assert all(not r["faults"]["events"] for r in read_metrics(baseline))
-    assert_same_adapter(run_dir, baseline)
 
 
 def test_worker_0_killed_mid_round_and_during_evaluation(
