@@ -20,6 +20,7 @@ is not a fault but an error in the run's inputs: it is raised, not retried.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,12 +43,17 @@ class AggregatorDied(Exception):
 
 
 def describe_actor_error(err: BaseException) -> str:
-    """One short line for a dead actor (Ray's message is a multi-line report)."""
+    """One short line for a dead actor (Ray's message is a multi-line report with advice):
+    the error type, Ray's exit type and the first sentence of its exit detail."""
     text = getattr(err, "error_msg", None) or str(err)
+    kind = re.search(r"Worker exit type: (\w+)", text)
+    detail = re.search(r"Worker exit detail: ([^.]*)", text)
+    if kind or detail:
+        parts = [m.group(1).strip() for m in (kind, detail) if m]
+        return f"{type(err).__name__} ({': '.join(parts)[:160]})"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    detail = next((line for line in lines if "dead because" in line or "exit" in line), "")
-    head = type(err).__name__
-    return f"{head}: {detail[:200]}" if detail else head
+    reason = next((line for line in lines if "dead because" in line), "")
+    return f"{type(err).__name__} ({reason[:160]})" if reason else type(err).__name__
 
 
 @dataclass

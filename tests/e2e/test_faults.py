@@ -307,3 +307,42 @@ def test_signal_stops_cleanly_and_resumes(tmp_path: Path, baseline: Path, sig: i
     assert [r["round"] for r in read_metrics(run_dir)] == list(range(ROUNDS))
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     assert_same_adapter(run_dir, baseline)
+
+
+def test_second_sigint_exits_at_once(tmp_path: Path) -> None:
+    """The second Ctrl-C, while the first one's clean stop runs, kills the started Ray and
+    exits with 130; no Ray process survives."""
+    cmd = [sys.executable, "-m", "firm_ray", "run", "tune_configs/quickstart.yaml"]
+    for item in overrides(tmp_path, "twice"):
+        cmd += ["--set", item]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    run_dir = tmp_path / "twice"
+    deadline = time.time() + WAIT_S
+    out: list[str] = []
+    try:
+        while latest_checkpoint(run_dir) is None:
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.time() < deadline, "round 1 never finished"
+            time.sleep(0.1)
+        ray_processes = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the first signal's handler has run: send the second
+            out.append(line)
+            if line.startswith("SIGINT: stopping"):
+                proc.send_signal(signal.SIGINT)
+                break
+        out.append(proc.communicate(timeout=60)[0])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = "".join(out)
+    assert proc.returncode == 130, text[-3000:]
+    assert "SIGINT again: exiting now" in text, text[-3000:]
+    deadline = time.time() + 30
+    while _alive(ray_processes) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _alive(ray_processes), _alive(ray_processes)
