@@ -33,6 +33,8 @@ Run directory schema (stable: add keys, never rename or remove; see docs/ARTIFAC
   ``skip_fraction`` float or null; ``skip_reasons`` list[str] (distinct, at most 3, no client
   text); ``truncated_fraction``, ``importance_weight`` float or null (means over clients);
   ``skip_rejected_clients`` int: clients left out because every local step was skipped.
+  ``faults`` {"worker_restarts", "aggregator_restarts": int, "reruns": list[int], "events":
+  list[str]}: actors replaced and clients re-run in this round (runtime/faults.py).
 
   Non-finite floats are written as null (strict JSON). A killed run may leave a truncated last
   line; readers skip it (``read_metrics``).
@@ -43,8 +45,10 @@ Run directory schema (stable: add keys, never rename or remove; see docs/ARTIFAC
   std of round-to-round changes over the evaluated rows), ``bytes_up_per_client_round``,
   ``bytes_down_per_client_round`` (means over client-rounds), ``mean_disagreement``,
   ``final_kl``, ``failed_client_rounds``, ``rounds_completed``, ``wall_time_s``, ``run_dir``,
-  ``status`` ("completed" | "failed" | "stopped": ended early by a sweep's scheduler),
-  ``local_steps``, ``skipped_steps``, ``skip_fraction``, ``first_skip_reason`` (run totals).
+  ``status`` ("completed" | "failed" | "stopped": ended early by a sweep's scheduler |
+  "interrupted": SIGINT/SIGTERM, resumable),
+  ``local_steps``, ``skipped_steps``, ``skip_fraction``, ``first_skip_reason``, ``faults``
+  ({"worker_restarts", "aggregator_restarts", "client_reruns"}) (run totals).
 - ``adapter/`` (PEFT dir), ``plots/*.png`` (``make_plots``), ``checkpoints/``.
 """
 
@@ -104,6 +108,7 @@ METRICS_KEYS = (
     "truncated_fraction",
     "importance_weight",
     "skip_rejected_clients",
+    "faults",
 )
 """The keys of every metrics.jsonl row."""
 
@@ -129,10 +134,13 @@ SUMMARY_KEYS = (
     "skipped_steps",
     "skip_fraction",
     "first_skip_reason",
+    "faults",
 )
 """The keys of summary.json."""
 
-STATUSES = ("completed", "failed", "stopped")
+STATUSES = ("completed", "failed", "stopped", "interrupted")
+
+FAULT_COUNTS = ("worker_restarts", "aggregator_restarts")
 
 _CLIENT_TIMING = ("generate", "score", "forward", "backward", "solve", "step")
 _SERVER_TIMING = ("aggregation", "evaluation", "orchestration_overhead")
@@ -293,7 +301,20 @@ def build_summary(
         "skipped_steps": steps.skipped if steps.known else None,
         "skip_fraction": steps.fraction if steps.known else None,
         "first_skip_reason": steps.first_reason,
+        "faults": fault_totals(metrics),
     }
+
+
+def fault_totals(metrics: list[dict[str, Any]]) -> dict[str, int]:
+    """Workers replaced, aggregators recreated and clients re-run over the run's rows (each row's
+    ``faults``, written by runtime/faults.py; rows of older runs have none and count 0)."""
+    totals = dict.fromkeys((*FAULT_COUNTS, "client_reruns"), 0)
+    for row in metrics:
+        faults = row.get("faults") or {}
+        for key in FAULT_COUNTS:
+            totals[key] += int(_number(faults.get(key)) or 0)
+        totals["client_reruns"] += len(faults.get("reruns") or [])
+    return totals
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
@@ -651,6 +672,17 @@ def summary_table(run_dir: str | os.PathLike[str]) -> Table:
                 f"({_percent(summary.get('skip_fraction'))}); first reason: "
                 f"{summary.get('first_skip_reason')}",
                 style="red",
+            ),
+        )
+    faults = summary.get("faults") or {}
+    if any(faults.values()):
+        table.add_row(
+            "faults recovered",
+            Text(
+                f"{faults.get('worker_restarts', 0)} worker restart(s), "
+                f"{faults.get('aggregator_restarts', 0)} aggregator restart(s), "
+                f"{faults.get('client_reruns', 0)} client re-run(s)",
+                style="yellow",
             ),
         )
     table.add_row("wall time", _fmt_duration(summary.get("wall_time_s")))

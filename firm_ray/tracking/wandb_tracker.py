@@ -344,6 +344,12 @@ class WandbTracker:
         for key, name in _STEP_KEYS.items():
             if (v := _finite(m.get(key))) is not None:
                 out[name] = v
+        faults = m.get("faults") or {}
+        for key in ("worker_restarts", "aggregator_restarts"):
+            if (v := _finite(faults.get(key))) is not None:
+                out[f"faults/{key}"] = v
+        if faults:
+            out["faults/client_reruns"] = len(faults.get("reruns") or [])
 
         lambdas = m.get("client_lambdas") or {}
         per_objective: dict[int, list[float]] = {}

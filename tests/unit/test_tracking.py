@@ -85,6 +85,12 @@ def synthetic_rows(num_objectives: int, rounds: int = 8, seed: int = 0) -> list[
                 "truncated_fraction": 0.125,
                 "importance_weight": 1.0,
                 "skip_rejected_clients": 1 if rnd == 3 else 0,
+                "faults": {
+                    "worker_restarts": 1 if rnd == 5 else 0,
+                    "aggregator_restarts": 1 if rnd == 6 else 0,
+                    "reruns": [clients[0]] if rnd == 5 else [],
+                    "events": ["worker 1 died: ActorDiedError"] if rnd == 5 else [],
+                },
             }
         )
     return rows
@@ -116,6 +122,7 @@ def test_read_back_equals_logged(tmp_path: Path, num_objectives: int) -> None:
     assert summary["reward_names"] == NAMES[num_objectives]
     assert (summary["local_steps"], summary["skipped_steps"]) == (16 * len(rows), 4)
     assert summary["first_skip_reason"] == "reward 'relevance' returned nan for item 3"
+    assert summary["faults"] == {"worker_restarts": 1, "aggregator_restarts": 1, "client_reruns": 1}
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -290,6 +297,7 @@ def test_print_report_shows_objectives_and_run_dir(tmp_path: Path) -> None:
     assert "firm" in text and "completed" in text and "hypervolume" in text
     assert "72.0 KiB" in text  # 73,760 bytes per client-round
     assert "rewards.png" in text
+    assert "1 worker restart(s), 1 aggregator restart(s), 1 client re-run(s)" in text
 
 
 def test_report_of_a_run_without_summary_is_provisional(tmp_path: Path) -> None:

@@ -81,6 +81,12 @@ def row(r: int) -> dict[str, Any]:
         "truncated_fraction": 0.125,
         "importance_weight": None if r == 1 else 0.875,
         "skip_rejected_clients": 1 if r == 2 else 0,
+        "faults": {
+            "worker_restarts": 2 if r == 1 else 0,
+            "aggregator_restarts": 0,
+            "reruns": [0, 3] if r == 1 else [],
+            "events": [],
+        },
     }
 
 
@@ -173,6 +179,8 @@ def test_rounds_summary_config_table_plots_and_adapter_are_logged(tmp_path: Path
     assert (h2["clients/sampled"], h2["clients/failed"]) == (3, 1)
     assert (h0["clients/sampled"], h0["clients/failed"]) == (2, 0)
     assert (h2["steps/local"], h2["steps/skipped"], h2["steps/skip_fraction"]) == (8, 4, 0.5)
+    assert (h1["faults/worker_restarts"], h1["faults/client_reruns"]) == (2, 2)
+    assert (h0["faults/worker_restarts"], h0["faults/aggregator_restarts"]) == (0, 0)
     assert (h0["steps/skipped"], h2["clients/skip_rejected"], h0["clients/skip_rejected"]) == (
         0,
         1,
