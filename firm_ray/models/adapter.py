@@ -186,4 +186,11 @@ def save_adapter(model: Any, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(directory))
+    # peft keeps target_modules as a set and writes it in hash order, which differs from process
+    # to process: sorted, the same adapter gives the same bytes wherever it is saved
+    config_file = directory / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
     return directory

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 
 import pytest
@@ -315,3 +316,32 @@ def test_clear_errors(tmp_path) -> None:
         load_policy(ModelConfig(name_or_path=str(tmp_path / "missing")), LoraConfig())
     with pytest.raises(ModelLoadError, match="unknown built-in"):
         load_policy(ModelConfig(name_or_path="builtin:nope"), LoraConfig())
+
+
+def test_saved_adapter_config_is_the_same_bytes_in_every_process(tmp_path) -> None:
+    """peft writes target_modules in set (hash) order; save_adapter sorts it, so the final
+    adapter directory is byte-identical whichever process (hash seed) saves it."""
+    import subprocess
+    import sys
+
+    _save_tiny_llama(tmp_path)
+    script = (
+        "import sys; from firm_ray.config import LoraConfig, ModelConfig; "
+        "from firm_ray.models.policy import load_policy; "
+        "from firm_ray.models.adapter import save_adapter; "
+        "p = load_policy(ModelConfig(name_or_path=sys.argv[1]), LoraConfig(r=2, "
+        "target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj', 'up_proj']), seed=0); "
+        "save_adapter(p.model, sys.argv[2])"
+    )
+    configs = set()
+    for seed in ("1", "2", "3", "4"):
+        out = tmp_path / f"adapter{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "llama"), str(out)], check=True, env=env
+        )
+        configs.add((out / "adapter_config.json").read_bytes())
+    assert len(configs) == 1
+    assert json.loads(configs.pop())["target_modules"] == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]
+    )
