@@ -32,7 +32,6 @@ that learned nothing.
 
 from __future__ import annotations
 
-import os
 import shlex
 import signal
 import time
@@ -44,17 +43,19 @@ from typing import Any
 import ray
 from rich.console import Console
 
-from firm_ray.config import FirmConfig, load_config, save_config
+from firm_ray.config import FirmConfig, dump_config, load_config
 from firm_ray.federation import RoundFailed, sample_clients
 from firm_ray.federation.strategies import round_step_metrics
 from firm_ray.runtime import signals
 from firm_ray.runtime.aggregator import latest_checkpoint, process_rss_mb
+from firm_ray.runtime.checkpoint import find_resume_checkpoint
 from firm_ray.runtime.cluster import Cluster, start_cluster, worker_bundle
 from firm_ray.runtime.errors import RunError, RunInterrupted, attach_run_dir
 from firm_ray.runtime.faults import AggregatorDied, dispatch
 from firm_ray.runtime.worker import ClientWorker
 from firm_ray.tracking.jsonl import read_metrics
 from firm_ray.tracking.report import StepTotals, build_summary, make_plots, print_report
+from firm_ray.tracking.storage import atomic_write_text, fresh_dir, write_dir_atomically
 from firm_ray.tracking.wandb_tracker import make_tracker
 
 ROUND_RETRIES = 1
@@ -86,10 +87,13 @@ class FederatedRun:
         self.start_time = time.perf_counter()
         if resume is not None:
             run_dir = Path(resume)
-            checkpoint = latest_checkpoint(run_dir)
+            checkpoint, skipped = find_resume_checkpoint(run_dir)
+            for line in skipped:  # damaged newer checkpoints, named; resume goes on without them
+                self.console.print(line, markup=False)
             if checkpoint is None:
                 raise RunError(
-                    f"--resume {run_dir}: no checkpoint found under {run_dir}/checkpoints"
+                    f"--resume {run_dir}: no intact checkpoint under {run_dir}/checkpoints"
+                    + (f" ({'; '.join(skipped)})" if skipped else "")
                 )
             config = load_config(run_dir / "config.yaml")
         else:
@@ -98,7 +102,7 @@ class FederatedRun:
             run_dir = _fresh_run_dir(Path(config.experiment.output_dir) / config.experiment.name)
             checkpoint = None
             try:
-                save_config(config, run_dir / "config.yaml")
+                atomic_write_text(run_dir / "config.yaml", dump_config(config), what="config.yaml")
             except BaseException as err:
                 attach_run_dir(err, run_dir)
                 raise
@@ -244,16 +248,23 @@ class FederatedRun:
 
     def finish(self, status: str = "completed") -> dict[str, Any]:
         """Write the final adapter (completed runs), summary and plots, close the trackers and
-        release the actors; returns the summary. Safe to call twice (the first call wins)."""
+        release the actors; returns the summary. Safe to call twice (the first call wins).
+
+        A run whose final adapter cannot be written (a full disk) is ``failed``, and that error
+        is the one raised: a summary that cannot be written after it is reported in one line."""
         if self.summary is not None:
             return self.summary
         config, run_dir = self.config, self.run_dir
+        first_error: BaseException | None = None
         try:
             if status == "completed":
                 files = self.cluster.on_worker0("adapter_files", self.payload.ref)
-                (run_dir / "adapter").mkdir(exist_ok=True)
-                for name, content in files.items():
-                    (run_dir / "adapter" / name).write_bytes(content)
+                write_dir_atomically(
+                    run_dir / "adapter", files, what="the final adapter", resume=run_dir
+                )
+        except BaseException as err:
+            status, first_error = "failed", err
+            raise
         finally:
             self.summary = build_summary(
                 run_dir,
@@ -271,6 +282,13 @@ class FederatedRun:
                     make_plots(run_dir)  # before log_summary: W&B uploads them with it
                 self.tracker.log_summary(self.summary)
                 self.tracker.close()
+            except Exception as err:
+                if first_error is None:
+                    raise
+                self.console.print(
+                    f"summary.json not written: {type(err).__name__}: {str(err).splitlines()[0]}",
+                    markup=False,
+                )
             finally:
                 self.cluster.shutdown()
         if status == "completed":
@@ -304,7 +322,7 @@ def run(
                 attach_run_dir(err, experiment.run_dir)
             if stop.signum is None:
                 if experiment is not None:
-                    experiment.finish("failed")
+                    _finish_failed(experiment, console)
                 raise
             run_dir = experiment.run_dir if experiment else getattr(err, "run_dir", None)
             summary = experiment.finish("interrupted") if experiment else None
@@ -316,6 +334,18 @@ def run(
             _print_interrupted(console, stop.signum, experiment.run_dir, summary)
             raise RunInterrupted(stop.signum, experiment.run_dir, summary)
         return summary
+
+
+def _finish_failed(experiment: FederatedRun, console: Console) -> None:
+    """Write the failed run's summary; if that fails too (the disk that failed the run is still
+    full), say so in one line and let the first error be the one raised."""
+    try:
+        experiment.finish("failed")
+    except Exception as err:
+        console.print(
+            f"summary.json not written: {type(err).__name__}: {str(err).splitlines()[0]}",
+            markup=False,
+        )
 
 
 def _print_interrupted(
@@ -363,32 +393,16 @@ def check_skip_fraction(totals: StepTotals, bound: float) -> None:
 
 # ---------------------------------------------------------------------------------- set-up
 def _fresh_run_dir(path: Path) -> Path:
-    """``runs/<name>``, or ``runs/<name>-2``, ``-3``, ... if it exists: never overwrite a run."""
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    candidate.mkdir(parents=True)
-    return candidate
+    """``runs/<name>``, or ``runs/<name>-2``, ``-3``, ... if it exists: never overwrite a run,
+    and never crash when several processes take the same name at once (storage.fresh_dir)."""
+    return fresh_dir(path)
 
 
 def _init_ray(config: FirmConfig) -> bool:
-    """Connect to RAY_ADDRESS / runtime.address, or start a local Ray bound to 127.0.0.1."""
-    if ray.is_initialized():
-        return False
-    address = config.runtime.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return True
-    ray.init(
-        address="local",  # never attach to some other `ray start` cluster on this machine
-        _node_ip_address="127.0.0.1",
-        include_dashboard=config.runtime.dashboard,
-        dashboard_host="127.0.0.1",
-        log_to_driver=True,
-        configure_logging=False,
-    )
-    return True
+    """Connect to RAY_ADDRESS / runtime.address, or start a local Ray on loopback only."""
+    from firm_ray.runtime.local_ray import init_ray
+
+    return init_ray(config)
 
 
 # ---------------------------------------------------------------------------------- rounds

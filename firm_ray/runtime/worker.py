@@ -106,8 +106,18 @@ class ClientWorker:
     """One model replica serving client training and evaluation tasks."""
 
     def __init__(self, config: dict[str, Any], worker_index: int = 0) -> None:
-        self.config = config_from_dict(config)
+        # An error here (data, model, reward set-up) is kept and raised by ready(): Ray then
+        # hands the driver the exception itself (RayTaskError.cause, one line for the CLI)
+        # instead of an ActorDiedError holding a formatted traceback, and prints nothing more.
         self.worker_index = worker_index
+        self._init_error: Exception | None = None
+        try:
+            self._set_up(config)
+        except Exception as err:
+            self._init_error = err
+
+    def _set_up(self, config: dict[str, Any]) -> None:
+        self.config = config_from_dict(config)
         _quiet_libraries()
         threads = max(1, int(self.config.runtime.num_cpus_per_worker))
         torch.set_num_threads(threads)  # oversubscribed CPU threads slow torch down 10x
@@ -127,8 +137,11 @@ class ClientWorker:
         )
 
     def ready(self) -> dict[str, Any]:
-        """Set-up facts the driver prints and saves (partition statistics, adapter size)."""
+        """Set-up facts the driver prints and saves (partition statistics, adapter size); raises
+        the error that stopped the set-up, if one did."""
         trace_task(self.worker_index, "ready")
+        if self._init_error is not None:
+            raise self._init_error
         state = get_adapter_state(self.policy.model)
         return {
             "worker": self.worker_index,
