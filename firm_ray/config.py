@@ -492,6 +492,13 @@ class RuntimeConfig(_Section):
     worker_start_timeout_s: PosFloat = 1800.0
     """Seconds to wait for the workers to load the model (on a cluster: download it) before
     the run fails naming what it waited for."""
+    placement_timeout_s: PosFloat = 300.0
+    """Seconds to wait for Ray to place the workers' bundles, at start and after a node is
+    lost (an autoscaling cluster adds a node meanwhile) before the run fails naming what
+    could not be placed; a local Ray this run started fails at once if they cannot fit."""
+    max_node_losses: NonNegInt = 3
+    """Nodes lost per run (their workers re-placed, their clients re-run; not counted in
+    max_worker_restarts) before the run fails."""
     max_worker_restarts: NonNegInt = 10
     """Dead or stuck workers replaced per run (their clients re-run) before the run fails: a
     crash on every try (out of memory) ends the run instead of looping."""

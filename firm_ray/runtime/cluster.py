@@ -4,12 +4,20 @@ within ``runtime.worker_start_timeout_s``), replacement after a fault, and tear-
 The aggregator is pinned to the driver's node (it writes the checkpoints into the run
 directory) and takes no CPU; worker i runs in placement-group bundle first_bundle + i, its own
 or, inside a Ray Tune trial, the trial's, so a replaced worker gets the same resources.
+
+When a node dies, Ray (2.60) keeps the placement group and re-places the bundles that were on
+it, on any node with room (state RESCHEDULING meanwhile); a worker created in such a bundle
+starts once the bundle is placed again. :meth:`Cluster.unplaced` watches that after every
+replacement: a progress line every 30 s, and after ``runtime.placement_timeout_s`` the run
+fails with one line naming the workers that could not be placed and the cluster's resources.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +33,17 @@ from rich.console import Console
 from firm_ray.config import FirmConfig
 from firm_ray.runtime.aggregator import Aggregator
 from firm_ray.runtime.errors import RunError
-from firm_ray.runtime.faults import ActorFault, AggregatorDied, FaultLog, describe_actor_error
-
-PLACEMENT_TIMEOUT_S = 60.0
-PROGRESS_EVERY_S = 30.0  # a printed line while the workers load the model
+from firm_ray.runtime.faults import (
+    PLACEMENT_POLL_S,
+    PROGRESS_EVERY_S,
+    UNREACHABLE_WAIT_S,
+    ActorFault,
+    AggregatorDied,
+    FaultLog,
+    alive_nodes,
+    dead_node,
+    describe_actor_error,
+)
 
 
 @dataclass
@@ -49,6 +64,14 @@ class Cluster:
     """Worker i runs in bundle first_bundle + i (a Tune trial's group may hold more bundles)."""
     starting: dict[int, Any] = field(default_factory=dict)
     """ready() of the replaced workers still loading the model (their first queued task)."""
+    console: Console | None = None
+    replaced_at: float | None = None
+    """When a worker was replaced whose bundle may not be placed (yet): see unplaced()."""
+    bundle_nodes: dict[int, str] = field(default_factory=dict)
+    """Worker index -> the node of its bundle, as last seen placed."""
+    actor_nodes: dict[int, str] = field(default_factory=dict)
+    """Worker index -> the node its current actor was placed on (once known)."""
+    shown_at: float = 0.0
 
     def worker_options(self, index: int) -> dict[str, Any]:
         runtime = self.config_dict["runtime"]
@@ -64,14 +87,89 @@ class Cluster:
     def start_worker(self, index: int) -> Any:
         return self.worker_cls.options(**self.worker_options(index)).remote(self.config_dict, index)
 
-    def restart_worker(self, index: int, event: str = "", bounded: bool = True) -> None:
+    def restart_worker(
+        self, index: int, event: str = "", bounded: bool = True, node: str | None = None
+    ) -> None:
         """Replace a dead or stuck worker by a fresh one in the same bundle; counted in the
-        round's faults (``bounded``: against runtime.max_worker_restarts)."""
+        round's faults (``bounded``: against runtime.max_worker_restarts; ``node``: the
+        worker died with that node, counted against runtime.max_node_losses instead)."""
+        if node:
+            self.faults.node_lost(node)
+            if event and "died)" not in event:
+                note = f" (node {node[:12]} died)"
+                head, sep, tail = event.partition("; re-running")
+                event = f"{head}{note}{sep}{tail}"
         if event:
-            self.faults.worker_fault(event, bounded)
+            self.faults.worker_fault(event, bounded and not node)
         ray.kill(self.workers[index], no_restart=True)
         self.workers[index] = self.start_worker(index)
         self.starting[index] = self.workers[index].ready.remote()
+        self.actor_nodes.pop(index, None)  # known once its bundle is placed
+        self.replaced_at = self.replaced_at or time.monotonic()
+
+    def unplaced(self) -> set[int]:
+        """Workers whose bundle has no live node yet (Ray re-places the bundles of a lost
+        node). No Ray call unless a worker was replaced since the last all-placed answer.
+        Prints a progress line every PROGRESS_EVERY_S and raises RunError after
+        runtime.placement_timeout_s."""
+        if self.replaced_at is None:
+            return set()
+        alive = alive_nodes()
+        nodes = self.placed_nodes()
+        waiting = {i for i, node in nodes.items() if node not in alive}
+        now = time.monotonic()
+        waited = now - self.replaced_at
+        if not waiting:
+            moved = sorted(i for i, node in nodes.items() if node != self.bundle_nodes.get(i))
+            if moved:
+                where = sorted({nodes[i][:12] for i in moved})
+                self.faults.replaced(
+                    len(moved),
+                    f"worker(s) {moved} re-placed on node(s) {where} after {waited:.1f} s",
+                )
+            self.replaced_at, self.bundle_nodes = None, nodes
+            self.actor_nodes = {**nodes, **self.actor_nodes}
+            return set()
+        limit = self.config_dict["runtime"]["placement_timeout_s"]
+        what = f"worker(s) {sorted(waiting)} (a bundle of {self.bundle()} each)"
+        if waited >= limit:
+            raise RunError(placement_error(what, limit, "after a node was lost", self.bundle()))
+        if self.console and now - max(self.shown_at, self.replaced_at) >= PROGRESS_EVERY_S:
+            self.shown_at = now
+            self.console.print(
+                f"waiting for Ray to re-place {what} after a node was lost: {waited:.0f} s "
+                f"(runtime.placement_timeout_s = {limit:g})",
+                markup=False,
+            )
+        return waiting
+
+    def placed_nodes(self) -> dict[int, str]:
+        """Worker index -> the node its bundle is on ('' while Ray re-places it)."""
+        table = ray.util.placement_group_table(self.group)["bundles_to_node_id"]
+        return {i: table.get(self.first_bundle + i, "") for i in range(len(self.workers))}
+
+    def lost_node(self, index: int) -> str | None:
+        """The node worker ``index``'s actor was placed on, if Ray has declared it dead."""
+        node = self.actor_nodes.get(index)
+        return node if node and node not in alive_nodes() else None
+
+    def replace_unreachable(self, index: int, event: str) -> None:
+        """Replace a worker whose calls fail as unavailable once Ray has decided about its
+        node (see faults.py): blocks up to UNREACHABLE_WAIT_S."""
+        start = time.monotonic()
+        node = self.lost_node(index)
+        while not node and time.monotonic() - start < UNREACHABLE_WAIT_S:
+            time.sleep(PLACEMENT_POLL_S)
+            node = self.lost_node(index)
+        self.restart_worker(index, event, node=node)
+
+    def wait_placed(self) -> None:
+        """Block until every worker's bundle is placed (see unplaced)."""
+        while self.unplaced():
+            time.sleep(PLACEMENT_POLL_S)
+
+    def bundle(self) -> dict[str, float]:
+        return dict(self.group.bundle_specs[self.first_bundle])
 
     def start_aggregator(self) -> Any:
         """The aggregator writes checkpoints into the run directory: pinned to this node."""
@@ -108,7 +206,11 @@ class Cluster:
                 if err.actor_init_failed:
                     raise
                 event = f"worker 0 died during {method}: {describe_actor_error(err)}"
-                self.restart_worker(0, event)
+                if isinstance(err, ray.exceptions.ActorUnavailableError):
+                    self.replace_unreachable(0, event)
+                else:
+                    self.restart_worker(0, event, node=dead_node(err))
+                self.wait_placed()
 
     def shutdown(self) -> None:
         for actor in [*self.workers, self.aggregator]:
@@ -143,7 +245,10 @@ def start_cluster(
         worker_cls=ray.remote(worker_body),
         config_dict=config.model_dump(mode="json"),
         run_dir=run_dir,
-        faults=FaultLog(runtime.max_worker_restarts, runtime.max_aggregator_restarts),
+        faults=FaultLog(
+            runtime.max_worker_restarts, runtime.max_aggregator_restarts, runtime.max_node_losses
+        ),
+        console=console,
     )
     try:
         bundle = worker_bundle(config)
@@ -153,17 +258,11 @@ def start_cluster(
             cluster.first_bundle = check_trial_group(group, bundle, runtime.num_workers)
             cluster.group = group
         else:  # reserve our own bundles
-            cluster.group = placement_group([bundle] * runtime.num_workers, strategy="PACK")
-            ready, _ = ray.wait([cluster.group.ready()], timeout=PLACEMENT_TIMEOUT_S)
-            if not ready:
-                raise RunError(
-                    f"could not place {runtime.num_workers} worker(s) of {bundle} within "
-                    f"{PLACEMENT_TIMEOUT_S:.0f} s; cluster resources: "
-                    f"{ray.cluster_resources()}. Lower runtime.num_workers / "
-                    "num_cpus_per_worker / num_gpus_per_worker."
-                )
+            local = started_ray and not (runtime.address or os.environ.get("RAY_ADDRESS"))
+            cluster.group = place_workers(config, bundle, console, local)
         cluster.aggregator = cluster.start_aggregator()
         cluster.workers = [cluster.start_worker(i) for i in range(runtime.num_workers)]
+        cluster.bundle_nodes = cluster.actor_nodes = cluster.placed_nodes()
         facts = wait_for_workers(config, cluster, console)
     except BaseException:
         cluster.shutdown()
@@ -206,10 +305,13 @@ def wait_for_workers(config: FirmConfig, cluster: Cluster, console: Console) -> 
                 except ActorFault as err:
                     if err.actor_init_failed:
                         raise
-                    cluster.restart_worker(
-                        index, f"worker {index} died loading the model: {describe_actor_error(err)}"
-                    )
+                    event = f"worker {index} died loading the model: {describe_actor_error(err)}"
+                    if isinstance(err, ray.exceptions.ActorUnavailableError):
+                        cluster.replace_unreachable(index, event)
+                    else:
+                        cluster.restart_worker(index, event, node=dead_node(err))
                     refs[cluster.starting.pop(index)] = index
+            cluster.unplaced()  # fails after runtime.placement_timeout_s
             waited = time.monotonic() - start
             status.update(f"waiting for {what}: {len(facts)}/{count} ready, {waited:.0f} s")
             if refs and waited - (shown - start) >= PROGRESS_EVERY_S:
@@ -220,6 +322,47 @@ def wait_for_workers(config: FirmConfig, cluster: Cluster, console: Console) -> 
                     markup=False,
                 )
     return [facts[i] for i in range(count)]
+
+
+def place_workers(config: FirmConfig, bundle: dict[str, float], console: Console, local: bool):
+    """Our own PACK placement group of W worker bundles, placed within
+    runtime.placement_timeout_s (a progress line every PROGRESS_EVERY_S); on a local Ray this
+    run started, which never gains a node, a group that cannot fit fails at once."""
+    count, limit = config.runtime.num_workers, config.runtime.placement_timeout_s
+    what = f"{count} worker(s) (a bundle of {bundle} each)"
+    total = ray.cluster_resources()
+    if local and any(count * v > total.get(k, 0.0) + 1e-9 for k, v in bundle.items()):
+        raise RunError(placement_error(what, 0, "on this machine's local Ray", bundle))
+    group = placement_group([bundle] * count, strategy="PACK")
+    start = shown = time.monotonic()
+    while not ray.wait([group.ready()], timeout=PLACEMENT_POLL_S)[0]:
+        now = time.monotonic()
+        if now - start >= limit:
+            remove_placement_group(group)
+            raise RunError(placement_error(what, limit, "", bundle))
+        if now - shown >= PROGRESS_EVERY_S:
+            shown = now
+            console.print(
+                f"waiting for Ray to place {what}: {now - start:.0f} s "
+                f"(runtime.placement_timeout_s = {limit:g})",
+                markup=False,
+            )
+    return group
+
+
+def placement_error(what: str, limit: float, when: str, keys: Iterable[str] = ()) -> str:
+    """One line: what could not be placed, the cluster's resources, what to do."""
+    within = f"within runtime.placement_timeout_s = {limit:g} s" if limit else "at all"
+    total, free = ray.cluster_resources(), ray.available_resources()
+    keys = sorted({"CPU", "GPU", *keys})
+    nodes = len(alive_nodes())
+    have = ", ".join(f"{k} {total.get(k, 0.0):g} ({free.get(k, 0.0):g} free)" for k in keys)
+    return (
+        f"could not place {what} {within}{' ' + when if when else ''}; the cluster's {nodes} "
+        f"live node(s) have {have}. Add a node with room for them, raise "
+        "runtime.placement_timeout_s (an autoscaling cluster adds nodes in minutes), or lower "
+        "runtime.num_workers / num_cpus_per_worker / num_gpus_per_worker"
+    )
 
 
 def check_trial_group(group: Any, bundle: dict[str, float], num_workers: int) -> int:
@@ -242,4 +385,12 @@ def check_trial_group(group: Any, bundle: dict[str, float], num_workers: int) ->
     return len(specs) - num_workers
 
 
-__all__ = ["Cluster", "check_trial_group", "start_cluster", "wait_for_workers", "worker_bundle"]
+__all__ = [
+    "Cluster",
+    "check_trial_group",
+    "place_workers",
+    "placement_error",
+    "start_cluster",
+    "wait_for_workers",
+    "worker_bundle",
+]
