@@ -138,7 +138,14 @@ def _finish(
     record["completed"] = final.rc == 0 and summary_status(run_dir) == "completed"
     record["adapter"] = adapter_difference(run_dir, ctx.reference)
     record["data_lost"] = data_lost(run_dir, ctx.reference_rounds)
-    record["faults_logged"] = _faults_logged(run_dir)
+    record["faults_logged"] = logged = _faults_logged(run_dir)
+    if record["fault"] in ("worker_kill", "aggregator_kill", "node_kill") and trigger.done:
+        record["fault_recorded"] = logged["worker_restarts"] + logged["aggregator_restarts"] > 0
+        if not record["fault_recorded"]:
+            said = "died" in final.output()
+            record["notes"].append(
+                "no restart in metrics.jsonl" + (" (the console reported one)" if said else "")
+            )
     for name, proc in procs:
         if has_traceback(proc.output()):
             record["notes"].append(f"a traceback in the {name} output")

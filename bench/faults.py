@@ -40,8 +40,10 @@ checkpoint), data lost (metrics.jsonl rows missing, duplicated or unparsable aga
 reference's rounds; summary missing or not completed; a 0-byte file or a leftover temporary
 under the run directory), one-line error where one is expected (disk_full: exactly one
 ``error:`` line and no traceback; sigint / sigterm: exit 130 and the resume line;
-corrupt_checkpoint: the resume says which checkpoint it skipped), left running (processes of a
-stopped run alive 20 s after it exited; killed by the bench) and seconds per trial. Per-trial
+corrupt_checkpoint: the resume says which checkpoint it skipped), fault in metrics (worker,
+aggregator and node kills: a restart counted in metrics.jsonl's ``faults``), left running
+(processes of a stopped run alive 20 s after it exited; killed by the bench) and seconds per
+trial. Per-trial
 records and the reference go to bench/results/faults.json. The bench exits non-zero only when
 it crashed itself; a fault that was not recovered is a finding, shown in the table.
 """
@@ -187,6 +189,7 @@ def summarize(fault: Fault, records: list[dict]) -> dict[str, Any]:
             "none" if not lost else f"{len(lost)}/{len(done)}: {lost[0]['data_lost'][0]}"
         ),
         "one_line_error": _ratio(done, lambda r: r.get("one_line_ok")),
+        "fault_in_metrics": _ratio(done, lambda r: r.get("fault_recorded")),
         "left_running": f"{len(left)}/{len(done)}" if left else "none",
         "seconds_per_trial": round(sum(r["seconds"] for r in done) / max(1, len(done)), 1),
         "bench_errors": sum("bench_error" in r for r in done),
@@ -199,7 +202,7 @@ def print_table(console: Console, rows: list[dict], args: argparse.Namespace, re
         f"reference run {ref_s:.0f} s)"
     )
     columns = ["fault", "trials", "completed", "identical adapter", "data lost"]
-    columns += ["one-line error", "left running", "s / trial"]
+    columns += ["one-line error", "fault in metrics", "left running", "s / trial"]
     for col in columns:
         table.add_column(col, justify="left" if col in ("fault", "data lost") else "right")
     for row in rows:
@@ -213,6 +216,7 @@ def print_table(console: Console, rows: list[dict], args: argparse.Namespace, re
             row["identical_adapter"],
             row["data_lost"],
             row["one_line_error"],
+            row["fault_in_metrics"],
             row["left_running"],
             f"{row['seconds_per_trial']:.0f}",
         )
