@@ -43,9 +43,9 @@ under the run directory), one-line error where one is expected (disk_full: exact
 corrupt_checkpoint: the resume says which checkpoint it skipped), fault in metrics (worker,
 aggregator and node kills: a restart counted in metrics.jsonl's ``faults``), left running
 (processes of a stopped run alive 20 s after it exited; killed by the bench) and seconds per
-trial. Per-trial
-records and the reference go to bench/results/faults.json. The bench exits non-zero only when
-it crashed itself; a fault that was not recovered is a finding, shown in the table.
+trial. Per-trial records and the reference go to bench/results/faults.json. The bench exits
+non-zero only when it crashed itself; a fault that was not recovered is a finding, shown in the
+table.
 """
 
 from __future__ import annotations
