@@ -19,8 +19,10 @@ is imported here and classes of modules that may not exist yet (tracking.storage
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
+import os
 import re
 import sys
 import traceback
@@ -135,11 +137,17 @@ def write_error_log(err: BaseException, path: Path, argv: list[str] | None = Non
     when = datetime.datetime.now().isoformat(timespec="seconds")
     command = " ".join(argv if argv is not None else sys.argv)
     text = "".join(traceback.format_exception(err))
+    before = path.stat().st_size if path.exists() else None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:
             f.write(f"--- {when} firm-ray {__version__}: {command}\n{_ANSI.sub('', text)}\n")
-    except OSError:
+    except OSError:  # e.g. the disk that failed the run is full: leave no empty or torn log
+        with contextlib.suppress(OSError):
+            if before is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.truncate(path, before)
         return None
     return path
 

@@ -246,6 +246,13 @@ class FederatedRun:
             self.step_totals = with_round  # the summary counts the steps that failed the run
             check_skip_fraction(with_round, bound)
 
+    def _pending_faults(self) -> dict[str, Any]:
+        """Faults logged after the last row (a replayed last round), printed; else empty."""
+        pending = self.cluster.faults.take_round()
+        for event in pending["events"]:
+            self.console.print(f"  fault (after the last row): {event}", markup=False)
+        return pending
+
     def finish(self, status: str = "completed") -> dict[str, Any]:
         """Write the final adapter (completed runs), summary and plots, close the trackers and
         release the actors; returns the summary. Safe to call twice (the first call wins).
@@ -276,6 +283,8 @@ class FederatedRun:
                 status=status,
                 reward_names=[r.name for r in config.rewards],
                 step_totals=self.step_totals,
+                # faults of a last round replayed while checkpointing: no later row holds them
+                pending_faults=self._pending_faults(),
             )
             try:
                 if status != "failed":

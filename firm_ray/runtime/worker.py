@@ -123,6 +123,9 @@ class ClientWorker:
         torch.set_num_threads(threads)  # oversubscribed CPU threads slow torch down 10x
         cfg = self.config
         self.policy = load_policy(cfg.model, cfg.lora, seed=cfg.experiment.seed)
+        # theta^0 kept as built: later tasks load other adapters into the model, and a recreated
+        # aggregator (no checkpoint yet) must restart from the seeded initialization itself
+        self._theta0 = adapter_to_buffer(get_adapter_state(self.policy.model))
         self.rewards = build_rewards(cfg.rewards, device=str(self.policy.device))
         self._initial_reward_states = [r.state_dict() for r in self.rewards]
         self.clients, self.eval_prompts, self.partition_stats = client_datasets(cfg)
@@ -153,7 +156,7 @@ class ClientWorker:
     def initial_adapter(self) -> Payload:
         """theta^0: the seeded LoRA initialization, serialized."""
         trace_task(self.worker_index, "initial_adapter")
-        return adapter_to_buffer(get_adapter_state(self.policy.model))
+        return self._theta0
 
     def train(
         self,

@@ -140,7 +140,7 @@ SUMMARY_KEYS = (
 
 STATUSES = ("completed", "failed", "stopped", "interrupted")
 
-FAULT_COUNTS = ("worker_restarts", "aggregator_restarts")
+FAULT_COUNTS = ("worker_restarts", "aggregator_restarts", "node_losses")
 
 _CLIENT_TIMING = ("generate", "score", "forward", "backward", "solve", "step")
 _SERVER_TIMING = ("aggregation", "evaluation", "orchestration_overhead")
@@ -255,6 +255,7 @@ def build_summary(
     *,
     reward_names: Sequence[str] | None = None,
     step_totals: StepTotals | None = None,
+    pending_faults: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """summary.json's fields from the metrics rows (see the module docstring).
 
@@ -301,16 +302,18 @@ def build_summary(
         "skipped_steps": steps.skipped if steps.known else None,
         "skip_fraction": steps.fraction if steps.known else None,
         "first_skip_reason": steps.first_reason,
-        "faults": fault_totals(metrics),
+        "faults": fault_totals(list(metrics), pending_faults),
     }
 
 
-def fault_totals(metrics: list[dict[str, Any]]) -> dict[str, int]:
-    """Workers replaced, aggregators recreated and clients re-run over the run's rows (each row's
-    ``faults``, written by runtime/faults.py; rows of older runs have none and count 0)."""
+def fault_totals(
+    metrics: Sequence[dict[str, Any]], pending: dict[str, Any] | None = None
+) -> dict[str, int]:
+    """Workers replaced, aggregators recreated, nodes lost and clients re-run over the run's rows
+    (each row's ``faults``, written by runtime/faults.py; rows of older runs have none and count
+    0), plus ``pending``: faults no row holds (the last round replayed while checkpointing)."""
     totals = dict.fromkeys((*FAULT_COUNTS, "client_reruns"), 0)
-    for row in metrics:
-        faults = row.get("faults") or {}
+    for faults in [*(row.get("faults") or {} for row in metrics), pending or {}]:
         for key in FAULT_COUNTS:
             totals[key] += int(_number(faults.get(key)) or 0)
         totals["client_reruns"] += len(faults.get("reruns") or [])
@@ -681,6 +684,7 @@ def summary_table(run_dir: str | os.PathLike[str]) -> Table:
             Text(
                 f"{faults.get('worker_restarts', 0)} worker restart(s), "
                 f"{faults.get('aggregator_restarts', 0)} aggregator restart(s), "
+                f"{faults.get('node_losses', 0)} node(s) lost, "
                 f"{faults.get('client_reruns', 0)} client re-run(s)",
                 style="yellow",
             ),

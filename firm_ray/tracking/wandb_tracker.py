@@ -345,7 +345,7 @@ class WandbTracker:
             if (v := _finite(m.get(key))) is not None:
                 out[name] = v
         faults = m.get("faults") or {}
-        for key in ("worker_restarts", "aggregator_restarts"):
+        for key in ("worker_restarts", "aggregator_restarts", "node_losses", "bundles_replaced"):
             if (v := _finite(faults.get(key))) is not None:
                 out[f"faults/{key}"] = v
         if faults:

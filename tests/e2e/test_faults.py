@@ -203,6 +203,20 @@ def test_aggregator_killed_mid_round(tmp_path: Path, trace: TaskTrace, baseline:
     assert_same_adapter(run_dir, baseline)
 
 
+def test_aggregator_killed_before_the_first_checkpoint(
+    tmp_path: Path, trace: TaskTrace, baseline: Path
+) -> None:
+    """Killed while round 1 is evaluated (its checkpoint not yet written): the aggregator is
+    rebuilt from theta^0, which worker 0 must return as initialized, not the adapter it loaded
+    for the evaluation (bench/faults.py found round 1 applied twice)."""
+    steps = [(nth_evaluate(2), kill_aggregator)]  # 1st: theta^0's evaluation; 2nd: round 1's
+    run_dir, rows = run_with(trace, steps, config(tmp_path, "agg0"))
+    restarts = sum(r["faults"]["aggregator_restarts"] for r in rows)
+    assert restarts == 1, [r["faults"] for r in rows]
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert_same_adapter(run_dir, baseline)
+
+
 def test_stuck_worker_is_replaced_and_its_client_rerun(
     tmp_path: Path, trace: TaskTrace, baseline: Path
 ) -> None:

@@ -244,3 +244,24 @@ def test_preflight_imports_no_ray_and_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_error_log_on_a_full_disk_leaves_nothing_torn(small_disk) -> None:
+    """The traceback log of a run that failed because its disk is full: not written, and no
+    empty or half-written error.log left behind (bench/faults.py found a 0-byte one); an existing
+    log keeps its earlier content."""
+    from firm_ray.cli.errors import write_error_log
+
+    try:
+        raise RuntimeError("x" * 4096)
+    except RuntimeError as err:
+        failure = err
+    fresh = small_disk.path / "run" / "error.log"
+    kept = small_disk.path / "kept.log"
+    kept.write_text("earlier run\n")
+    small_disk.fill(leave=0)
+    assert write_error_log(failure, fresh) is None and not fresh.exists()
+    assert write_error_log(failure, kept) is None
+    assert kept.read_text() == "earlier run\n"
+    small_disk.free()
+    assert write_error_log(failure, fresh) == fresh and "xxxx" in fresh.read_text()
