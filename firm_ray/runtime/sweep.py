@@ -19,8 +19,11 @@ one. At the end the sweep writes its Pareto report (``firm_ray.tracking.sweep_re
 Sweep directory: ``<sweep.output_dir>/<sweep.name>/`` with ``sweep.yaml`` (the spec, its base
 resolved into ``base_config.yaml`` next to it), ``trials/<trial_id>/`` (one run directory per
 trial, schema docs/ARTIFACTS.md), ``tune/`` (Tune's experiment state) and the report files.
-Multi-node: trials write their run directories on the node they run on, so give the sweep a
-shared filesystem (``sweep.output_dir`` on NFS or similar).
+Multi-node: trials write their run directories on the node they run on and the report reads
+them on the driver's node, so the sweep directory must be on storage every node shares
+(``--output-dir`` on NFS or similar): on a Ray of several nodes the sweep checks that first
+(runtime/shared_storage.py: a probe file written on each node, read back here) and fails in
+one line, before any trial, when a node does not share it.
 
 ``--resume`` runs code from the sweep directory: ``tune.Tuner.restore`` unpickles
 ``tune/tuner.pkl`` (and the cloudpickled trial state beside it), and the configs name modules to
@@ -47,6 +50,7 @@ from firm_ray.runtime.aggregator import latest_checkpoint
 from firm_ray.runtime.local_ray import init_ray
 from firm_ray.runtime.loop import FederatedRun, _fresh_run_dir, worker_bundle
 from firm_ray.runtime.ownership import untrusted_reason
+from firm_ray.runtime.shared_storage import unshared_nodes
 from firm_ray.sweep_spec import Sweep, load_sweep
 from firm_ray.tracking.jsonl import SUMMARY_FILE, read_metrics, write_json_atomic
 from firm_ray.tracking.report import build_summary
@@ -201,6 +205,20 @@ def _check_resources(resources: tune.PlacementGroupFactory) -> None:
             f"one trial needs {len(bundles)} worker bundle(s) of {bundles[0]} ({detail}), so "
             "no trial could ever start. Lower runtime.num_workers or the per-worker resources "
             "in sweep.set (e.g. runtime.num_workers=1), or run on a bigger cluster."
+        )
+
+
+def _check_shared_storage(sweep_dir: Path) -> None:
+    """Fail before Tune starts when a node of the cluster does not share the sweep directory:
+    trials running there would write their runs where the report cannot read them."""
+    problems = unshared_nodes(sweep_dir)
+    if problems:
+        nodes = len(problems) + 1
+        detail = "; ".join(f"node {node[:12]}: {why}" for node, why in sorted(problems.items()))
+        raise SweepError(
+            f"this Ray has {nodes} nodes and a trial writes its run directory on the node it "
+            f"runs on, but {sweep_dir} is not shared with {len(problems)} of them ({detail}); "
+            "pass --output-dir on storage every node mounts (NFS or a shared volume)"
         )
 
 
@@ -412,6 +430,7 @@ def _execute(
         resources = trial_resources(base)
         if check_resources:
             _check_resources(resources)
+        _check_shared_storage(sweep_dir)
         per_trial = ray.cluster_resources().get("CPU", 0.0) // max(
             1e-9, base.runtime.num_workers * base.runtime.num_cpus_per_worker
         )

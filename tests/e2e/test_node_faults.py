@@ -5,12 +5,19 @@ run there and the ClientWorkers land on a worker node. ``Cluster.remove_node`` k
 node's raylet and every process on it (its workers, its object store): a real node death, as
 when a machine goes away. With room on another node the run re-places the workers there and
 ends with the adapter of an uninterrupted run on the same topology, tensor for tensor; with no
-room anywhere it fails after ``runtime.placement_timeout_s`` with one line.
+room anywhere it fails after ``runtime.placement_timeout_s`` with one line. A sweep on a
+cluster whose second node does not share the sweep directory is refused before any trial.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +25,15 @@ from pathlib import Path
 import psutil
 import pytest
 import ray
+import yaml
 from ray.cluster_utils import Cluster
+from rich.console import Console
 from test_faults import TaskTrace, assert_same_adapter, train_of
 from tiny_world import TINY
 
 from firm_ray.config import load_config
 from firm_ray.runtime.loop import RunError, run
+from firm_ray.runtime.sweep import SweepError, run_sweep
 from firm_ray.runtime.worker import TRACE_ENV
 from firm_ray.tracking.jsonl import read_metrics
 
@@ -86,6 +96,11 @@ def remove_node_of(cluster: Cluster, killed: dict) -> Callable[[dict], str]:
         ]
         killed.update(node=node.node_id, at=time.time(), pid=line["pid"])
         cluster.remove_node(node, allow_graceful=False)  # SIGKILL: its raylet and processes
+        deadline = time.time() + 300
+        while any(n["NodeID"] == node.node_id and n["Alive"] for n in ray.nodes()):
+            assert time.time() < deadline, "Ray never declared the removed node dead"
+            time.sleep(0.2)
+        killed["dead_after"] = time.time() - killed["at"]  # Ray's health check
         return f"removed node {node.node_id[:12]}"
 
     return act
@@ -125,8 +140,8 @@ def test_node_lost_mid_round_workers_replaced_same_adapter(tmp_path: Path, clust
     started, trained = after[0]["time"] - killed["at"], trains[0]["time"] - killed["at"]
     placed = next(e for e in faults["events"] if "re-placed" in e)
     print(
-        f"node kill -> replaced worker started {started:.1f} s -> first client task "
-        f"{trained:.1f} s; {placed}"
+        f"node kill -> declared dead {killed['dead_after']:.1f} s -> replaced worker started "
+        f"{started:.1f} s -> first client task {trained:.1f} s; {placed}"
     )
 
 
@@ -137,6 +152,7 @@ def test_node_lost_with_no_room_fails_after_placement_timeout(tmp_path: Path, cl
     with pytest.raises(RunError) as err:
         run(config(tmp_path, "noroom", "runtime.placement_timeout_s=15"))
     failed_after = time.time() - killed["at"]
+    print(f"node declared dead {killed['dead_after']:.1f} s after the kill")
     thread.join(timeout=5)
     assert not trace.errors, trace.errors
     message = str(err.value)
@@ -144,7 +160,73 @@ def test_node_lost_with_no_room_fails_after_placement_timeout(tmp_path: Path, cl
     assert message.startswith("could not place worker(s) [0, 1] (a bundle of {'CPU': 0.5} each)")
     assert "runtime.placement_timeout_s = 15 s after a node was lost" in message
     assert "the cluster's 1 live node(s) have CPU 0 (0 free), GPU 0 (0 free)" in message
-    assert 15 <= failed_after < 120, failed_after
+    assert 15 <= failed_after - killed["dead_after"] < 120, failed_after
     summary = json.loads((Path(err.value.run_dir) / "summary.json").read_text())
     assert summary["status"] == "failed"
     print(f"node kill -> RunError: {failed_after:.1f} s; {message}")
+
+
+def test_a_sweep_without_shared_storage_fails_fast(tmp_path: Path, monkeypatch) -> None:
+    """A second node with its own view of the sweep's output directory, as a machine that
+    does not mount the NFS share: the node (namespaced_node.py) runs in a mount namespace of its own
+    (``unshare -m``) with a tmpfs over that directory. Every trial could land there, so the
+    sweep refuses before any trial starts, in one line saying what to do."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) for a node with its own mount namespace")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
+    root = (tmp_path / "sweeps").resolve()
+    root.mkdir()
+    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "num_cpus": 1})
+    starter = Path(__file__).with_name("namespaced_node.py")
+    script = (
+        f"mount -t tmpfs -o size=1m none {root} && exec {sys.executable} {starter} "
+        f"{cluster.address}"
+    )
+    node = subprocess.Popen(  # its own session: the group is this node's processes
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        ray.init(address=cluster.address)
+        deadline = time.time() + 300
+        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+            assert node.poll() is None and time.time() < deadline, "the second node never joined"
+            time.sleep(1)
+        (other,) = [
+            n["NodeID"]
+            for n in ray.nodes()
+            if n["Alive"] and n["NodeID"] != cluster.head_node.node_id
+        ]
+        spec = {
+            "name": "unshared",
+            "base": str(Path("tune_configs/quickstart.yaml").resolve()),
+            "set": [*TINY, "runtime.num_workers=1", "federation.rounds=1"],
+            "output_dir": str(tmp_path / "unused"),
+            "space": {"experiment.seed": {"grid": [0, 1]}},
+        }
+        path = tmp_path / "unshared.yaml"
+        path.write_text(yaml.safe_dump({"sweep": spec}, sort_keys=False))
+        start = time.time()
+        with pytest.raises(SweepError) as err:
+            run_sweep(path, console=Console(quiet=True), output_dir=root)
+        took = time.time() - start
+    finally:
+        ray.shutdown()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.pid, signal.SIGKILL)  # the node and its processes
+        node.wait(timeout=60)
+        cluster.shutdown()
+    message = str(err.value)
+    sweep_dir = root / "unshared"
+    assert "\n" not in message, message
+    assert message.startswith("this Ray has 2 nodes and a trial writes its run directory")
+    assert f"{sweep_dir} is not shared with 1 of them (node {other[:12]}: " in message
+    assert message.endswith(
+        "pass --output-dir on storage every node mounts (NFS or a shared volume)"
+    )
+    assert not (sweep_dir / "trials").exists() and not (sweep_dir / "tune").exists()
+    assert not list(sweep_dir.glob(".storage-probe-*"))
+    print(f"sweep refused in {took:.1f} s: {message}")
