@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
     PlacementGroupSchedulingStrategy,
@@ -324,7 +324,9 @@ def wait_for_workers(config: FirmConfig, cluster: Cluster, console: Console) -> 
     return [facts[i] for i in range(count)]
 
 
-def place_workers(config: FirmConfig, bundle: dict[str, float], console: Console, local: bool):
+def place_workers(
+    config: FirmConfig, bundle: dict[str, float], console: Console, local: bool
+) -> PlacementGroup:
     """Our own PACK placement group of W worker bundles, placed within
     runtime.placement_timeout_s (a progress line every PROGRESS_EVERY_S); on a local Ray this
     run started, which never gains a node, a group that cannot fit fails at once."""
@@ -332,7 +334,7 @@ def place_workers(config: FirmConfig, bundle: dict[str, float], console: Console
     what = f"{count} worker(s) (a bundle of {bundle} each)"
     total = ray.cluster_resources()
     if local and any(count * v > total.get(k, 0.0) + 1e-9 for k, v in bundle.items()):
-        raise RunError(placement_error(what, 0, "on this machine's local Ray", bundle))
+        raise RunError(placement_error(what, 0, "on the local Ray this run started", bundle))
     group = placement_group([bundle] * count, strategy="PACK")
     start = shown = time.monotonic()
     while not ray.wait([group.ready()], timeout=PLACEMENT_POLL_S)[0]:
@@ -351,17 +353,21 @@ def place_workers(config: FirmConfig, bundle: dict[str, float], console: Console
 
 
 def placement_error(what: str, limit: float, when: str, keys: Iterable[str] = ()) -> str:
-    """One line: what could not be placed, the cluster's resources, what to do."""
-    within = f"within runtime.placement_timeout_s = {limit:g} s" if limit else "at all"
+    """One line: what could not be placed, the cluster's resources, what to do (``limit`` 0:
+    a local Ray that cannot hold them at all)."""
     total, free = ray.cluster_resources(), ray.available_resources()
-    keys = sorted({"CPU", "GPU", *keys})
-    nodes = len(alive_nodes())
-    have = ", ".join(f"{k} {total.get(k, 0.0):g} ({free.get(k, 0.0):g} free)" for k in keys)
+    have = ", ".join(
+        f"{k} {total.get(k, 0.0):g} ({free.get(k, 0.0):g} free)"
+        for k in sorted({"CPU", "GPU", *keys})
+    )
+    lower = "lower runtime.num_workers / num_cpus_per_worker / num_gpus_per_worker"
+    if not limit:
+        return f"could not place {what} {when}: it has {have}; {lower}, or run on a cluster"
     return (
-        f"could not place {what} {within}{' ' + when if when else ''}; the cluster's {nodes} "
-        f"live node(s) have {have}. Add a node with room for them, raise "
-        "runtime.placement_timeout_s (an autoscaling cluster adds nodes in minutes), or lower "
-        "runtime.num_workers / num_cpus_per_worker / num_gpus_per_worker"
+        f"could not place {what} within runtime.placement_timeout_s = {limit:g} s"
+        f"{' ' + when if when else ''}; the cluster's {len(alive_nodes())} live node(s) have "
+        f"{have}. Add a node with room for them, raise runtime.placement_timeout_s (an "
+        f"autoscaling cluster adds nodes in minutes), or {lower}"
     )
 
 

@@ -230,3 +230,23 @@ def test_a_sweep_without_shared_storage_fails_fast(tmp_path: Path, monkeypatch) 
     assert not (sweep_dir / "trials").exists() and not (sweep_dir / "tune").exists()
     assert not list(sweep_dir.glob(".storage-probe-*"))
     print(f"sweep refused in {took:.1f} s: {message}")
+
+
+def test_workers_that_cannot_fit_a_local_ray_fail_at_once(tmp_path: Path, monkeypatch) -> None:
+    """A local Ray this run starts never gains a node: no placement wait (it was 60 s)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    start = time.time()
+    with pytest.raises(RunError) as err:
+        run(config(tmp_path, "big", "runtime.num_cpus_per_worker=4096"))
+    took = time.time() - start
+    message = str(err.value)
+    assert "\n" not in message and not ray.is_initialized()
+    assert message.startswith(
+        "could not place 2 worker(s) (a bundle of {'CPU': 4096.0} each) on the local Ray this "
+        "run started: it has CPU "
+    )
+    assert message.endswith(
+        "lower runtime.num_workers / num_cpus_per_worker / num_gpus_per_worker, or run on a cluster"
+    )
+    assert took < 45, took  # Ray's start-up on 2 busy cores; the old code waited 60 s more
+    print(f"refused in {took:.1f} s: {message}")
