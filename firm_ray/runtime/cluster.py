@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
     PlacementGroupSchedulingStrategy,
@@ -44,6 +43,7 @@ from firm_ray.runtime.faults import (
     dead_node,
     describe_actor_error,
 )
+from firm_ray.runtime.placement import place_workers, placement_error
 
 
 @dataclass
@@ -211,6 +211,27 @@ class Cluster:
                 else:
                     self.restart_worker(0, event, node=dead_node(err))
                 self.wait_placed()
+                self.wait_loaded(0)
+
+    def wait_loaded(self, index: int) -> None:
+        """Wait for a replaced worker to load the model, at most runtime.worker_start_timeout_s,
+        with a line every PROGRESS_EVERY_S (a death meanwhile surfaces on its next call)."""
+        limit = self.config_dict["runtime"]["worker_start_timeout_s"]
+        start = shown = time.monotonic()
+        while not ray.wait([self.starting[index]], timeout=PLACEMENT_POLL_S)[0]:
+            now = time.monotonic()
+            if now - start >= limit:
+                raise RunError(
+                    f"replaced worker {index} not ready within runtime.worker_start_timeout_s = "
+                    f"{limit:g} s; raise it for a large model or a slow download"
+                )
+            if self.console and now - shown >= PROGRESS_EVERY_S:
+                shown = now
+                self.console.print(
+                    f"waiting for replaced worker {index} to load the model: {now - start:.0f} s "
+                    f"(runtime.worker_start_timeout_s = {limit:g})",
+                    markup=False,
+                )
 
     def shutdown(self) -> None:
         for actor in [*self.workers, self.aggregator]:
@@ -324,53 +345,6 @@ def wait_for_workers(config: FirmConfig, cluster: Cluster, console: Console) -> 
     return [facts[i] for i in range(count)]
 
 
-def place_workers(
-    config: FirmConfig, bundle: dict[str, float], console: Console, local: bool
-) -> PlacementGroup:
-    """Our own PACK placement group of W worker bundles, placed within
-    runtime.placement_timeout_s (a progress line every PROGRESS_EVERY_S); on a local Ray this
-    run started, which never gains a node, a group that cannot fit fails at once."""
-    count, limit = config.runtime.num_workers, config.runtime.placement_timeout_s
-    what = f"{count} worker(s) (a bundle of {bundle} each)"
-    total = ray.cluster_resources()
-    if local and any(count * v > total.get(k, 0.0) + 1e-9 for k, v in bundle.items()):
-        raise RunError(placement_error(what, 0, "on the local Ray this run started", bundle))
-    group = placement_group([bundle] * count, strategy="PACK")
-    start = shown = time.monotonic()
-    while not ray.wait([group.ready()], timeout=PLACEMENT_POLL_S)[0]:
-        now = time.monotonic()
-        if now - start >= limit:
-            remove_placement_group(group)
-            raise RunError(placement_error(what, limit, "", bundle))
-        if now - shown >= PROGRESS_EVERY_S:
-            shown = now
-            console.print(
-                f"waiting for Ray to place {what}: {now - start:.0f} s "
-                f"(runtime.placement_timeout_s = {limit:g})",
-                markup=False,
-            )
-    return group
-
-
-def placement_error(what: str, limit: float, when: str, keys: Iterable[str] = ()) -> str:
-    """One line: what could not be placed, the cluster's resources, what to do (``limit`` 0:
-    a local Ray that cannot hold them at all)."""
-    total, free = ray.cluster_resources(), ray.available_resources()
-    have = ", ".join(
-        f"{k} {total.get(k, 0.0):g} ({free.get(k, 0.0):g} free)"
-        for k in sorted({"CPU", "GPU", *keys})
-    )
-    lower = "lower runtime.num_workers / num_cpus_per_worker / num_gpus_per_worker"
-    if not limit:
-        return f"could not place {what} {when}: it has {have}; {lower}, or run on a cluster"
-    return (
-        f"could not place {what} within runtime.placement_timeout_s = {limit:g} s"
-        f"{' ' + when if when else ''}; the cluster's {len(alive_nodes())} live node(s) have "
-        f"{have}. Add a node with room for them, raise runtime.placement_timeout_s (an "
-        f"autoscaling cluster adds nodes in minutes), or {lower}"
-    )
-
-
 def check_trial_group(group: Any, bundle: dict[str, float], num_workers: int) -> int:
     """Index of the first worker bundle in the current (Tune trial's) placement group.
 
@@ -394,8 +368,6 @@ def check_trial_group(group: Any, bundle: dict[str, float], num_workers: int) ->
 __all__ = [
     "Cluster",
     "check_trial_group",
-    "place_workers",
-    "placement_error",
     "start_cluster",
     "wait_for_workers",
     "worker_bundle",

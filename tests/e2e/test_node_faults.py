@@ -160,7 +160,9 @@ def test_node_lost_with_no_room_fails_after_placement_timeout(tmp_path: Path, cl
     assert message.startswith("could not place worker(s) [0, 1] (a bundle of {'CPU': 0.5} each)")
     assert "runtime.placement_timeout_s = 15 s after a node was lost" in message
     assert "the cluster's 1 live node(s) have CPU 0 (0 free), GPU 0 (0 free)" in message
-    assert 15 <= failed_after - killed["dead_after"] < 120, failed_after
+    # the timeout runs from the workers' replacement, once Ray declared the node dead (both
+    # seen by polling: a second of slack)
+    assert 14 <= failed_after - killed["dead_after"] < 120, (failed_after, killed)
     summary = json.loads((Path(err.value.run_dir) / "summary.json").read_text())
     assert summary["status"] == "failed"
     print(f"node kill -> RunError: {failed_after:.1f} s; {message}")
