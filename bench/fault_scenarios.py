@@ -8,6 +8,7 @@ acting), never another job's.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -283,10 +284,16 @@ def disk_full(ctx: Context, tdir: Path, rng: random.Random, moment: Moment, reco
         def fill(line: dict, launched: Launched) -> str:
             st = os.statvfs(disk)
             free = st.f_bavail * st.f_frsize
-            with open(filler, "wb") as fh:
-                fh.write(b"\0" * free)
+            note = ""
+            try:
+                with open(filler, "wb") as fh:
+                    fh.write(b"\0" * free)
+            except OSError as err:  # the run wrote meanwhile: the disk is just as full
+                if err.errno != errno.ENOSPC:
+                    raise
+                note = "; the filler itself hit ENOSPC"
             st = os.statvfs(disk)
-            return f"filled the run's {DISK_SIZE} tmpfs ({free} B; {st.f_bavail} blocks left)"
+            return f"filled the run's {DISK_SIZE} tmpfs ({free} B; {st.f_bavail} blocks left{note})"
 
         run_dir, proc, trigger = _run(ctx, tdir, moment, fill, out=disk)
         output = proc.output()

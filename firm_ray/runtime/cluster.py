@@ -44,6 +44,7 @@ from firm_ray.runtime.faults import (
     describe_actor_error,
 )
 from firm_ray.runtime.placement import place_workers, placement_error
+from firm_ray.tracking.storage import atomic_write_text
 
 
 @dataclass
@@ -289,7 +290,9 @@ def start_cluster(
         cluster.shutdown()
         raise
     stats = facts[0]["partition"]
-    (run_dir / "partition.json").write_text(json.dumps(stats, indent=2))
+    atomic_write_text(
+        run_dir / "partition.json", json.dumps(stats, indent=2), what="partition.json"
+    )
     console.print(
         f"{config.federation.num_clients} clients (sizes {stats.get('sizes')}), "
         f"{facts[0]['eval_prompts']} eval prompts, adapter of "

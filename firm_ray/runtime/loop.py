@@ -572,10 +572,12 @@ def _print_round(console: Console, config: FirmConfig, row: dict[str, Any]) -> N
     skip_text = f" | skipped {skipped}/{row['local_steps']}: {reasons[0]}" if skipped else ""
     faults = row.get("faults") or {}
     restarts = faults.get("worker_restarts", 0) + faults.get("aggregator_restarts", 0)
+    lost = faults.get("node_losses", 0)
     fault_text = (
         f" | faults: {faults['worker_restarts']} worker / {faults['aggregator_restarts']} "
         f"aggregator restart(s), re-ran {faults['reruns'] or 'none'}"
-        if restarts
+        + (f", {lost} node(s) lost" if lost else "")
+        if restarts or lost
         else ""
     )
     console.print(

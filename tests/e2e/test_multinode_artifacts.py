@@ -107,7 +107,7 @@ def test_every_artifact_is_written_on_the_drivers_node(tmp_path, two_nodes) -> N
         return {r["pid"] for r in records if any(match in path for path in r["paths"])}
 
     checkpoint_writers = writers("/checkpoints/")
-    adapter_writers = writers("/adapter/")
+    adapter_writers = writers("/adapter/") | writers("/.adapter.")  # written aside, renamed
     # checkpoints: the Aggregator actor, a process of its own on the driver's node
     assert checkpoint_writers and me not in checkpoint_writers
     # the final adapter, metrics, summary and plots: the driver itself
@@ -160,6 +160,7 @@ def test_a_sweep_trial_writes_its_run_on_the_node_it_runs_on(tmp_path, two_nodes
         return {r["node"] for r in records if any(match in p for p in r["paths"])}
 
     assert nodes(f"{run_dir}/checkpoints/") == {worker_node}  # the trial's Aggregator
-    assert nodes(f"{run_dir}/adapter/") == {worker_node}  # the trial actor
+    # the trial actor (the adapter is written in a sibling temporary directory, then renamed)
+    assert nodes(f"{run_dir}/adapter/") | nodes(f"{run_dir}/.adapter.") == {worker_node}
     assert nodes(f"{run_dir}/") == {worker_node}
     assert nodes(f"{sweep_dir}/pareto.json") == {driver_node}  # the sweep driver (this process)

@@ -21,6 +21,8 @@ def test_round_rows_and_carry() -> None:
     assert row == {
         "worker_restarts": 2,
         "aggregator_restarts": 0,
+        "node_losses": 0,
+        "bundles_replaced": 0,
         "reruns": [3],
         "events": ["worker 1 died", "worker 0 replaced at the round timeout"],
     }
