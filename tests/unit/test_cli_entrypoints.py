@@ -59,7 +59,7 @@ def test_sweep_arguments_are_checked_before_ray_starts(tmp_path, capsys) -> None
     assert "drop --output-dir" in capsys.readouterr().out
     assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml: sweep file not found" in capsys.readouterr().out
-    assert main(["sweep", "--resume", str(tmp_path)]) == 1  # not a sweep directory
+    assert main(["sweep", "--resume", str(tmp_path)]) == 2  # not a sweep directory: user error
     assert "not a sweep directory" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text(
