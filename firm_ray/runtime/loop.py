@@ -99,7 +99,8 @@ class FederatedRun:
         else:
             if config is None:
                 raise RunError("run() needs a config (or resume=RUN_DIR)")
-            run_dir = _fresh_run_dir(Path(config.experiment.output_dir) / config.experiment.name)
+            # runs/<name>, else <name>-2, -3, ...: never overwrite a run, never race another process
+            run_dir = fresh_dir(Path(config.experiment.output_dir) / config.experiment.name)
             checkpoint = None
             try:
                 atomic_write_text(run_dir / "config.yaml", dump_config(config), what="config.yaml")
@@ -401,12 +402,6 @@ def check_skip_fraction(totals: StepTotals, bound: float) -> None:
 
 
 # ---------------------------------------------------------------------------------- set-up
-def _fresh_run_dir(path: Path) -> Path:
-    """``runs/<name>``, or ``runs/<name>-2``, ``-3``, ... if it exists: never overwrite a run,
-    and never crash when several processes take the same name at once (storage.fresh_dir)."""
-    return fresh_dir(path)
-
-
 def _init_ray(config: FirmConfig) -> bool:
     """Connect to RAY_ADDRESS / runtime.address, or start a local Ray on loopback only."""
     from firm_ray.runtime.local_ray import init_ray

@@ -48,12 +48,13 @@ from rich.console import Console
 from firm_ray.config import FirmConfig, save_config
 from firm_ray.runtime.aggregator import latest_checkpoint
 from firm_ray.runtime.local_ray import init_ray
-from firm_ray.runtime.loop import FederatedRun, _fresh_run_dir, worker_bundle
+from firm_ray.runtime.loop import FederatedRun, worker_bundle
 from firm_ray.runtime.ownership import untrusted_reason
 from firm_ray.runtime.shared_storage import unshared_nodes
 from firm_ray.sweep_spec import Sweep, load_sweep
 from firm_ray.tracking.jsonl import SUMMARY_FILE, read_metrics, write_json_atomic
 from firm_ray.tracking.report import build_summary
+from firm_ray.tracking.storage import fresh_dir
 
 __all__ = ["SweepError", "check_resume_dir", "resume_sweep", "run_sweep", "trial_resources"]
 
@@ -485,7 +486,7 @@ def run_sweep(
     console = console or Console()
     sweep = load_sweep(path)
     root = Path(output_dir) if output_dir is not None else Path(sweep.spec.output_dir)
-    sweep_dir = _fresh_run_dir(root / sweep.spec.name).resolve()
+    sweep_dir = fresh_dir(root / sweep.spec.name).resolve()
     _write_spec(sweep, sweep_dir, Path(path))
     return _execute(sweep_dir, console, restore=False, check_resources=check_resources)
 
