@@ -48,19 +48,10 @@ import numpy as np
 import yaml
 from pydantic import Field, StrictStr, ValidationError, model_validator
 
-from firm_ray.config import (
-    ConfigError,
-    FirmConfig,
-    NonNegInt,
-    PosFloat,
-    PosInt,
-    SafeName,
-    _format_errors,
-    _Loader,
-    _Section,
-    config_from_dict,
-    load_config,
-)
+from firm_ray.config import ConfigError, FirmConfig, config_from_dict, load_config
+from firm_ray.config.errors import format_errors
+from firm_ray.config.loading import YamlLoader
+from firm_ray.config.schema import NonNegInt, PosFloat, PosInt, SafeName, Section
 
 __all__ = [
     "SPACE_FORMS",
@@ -77,14 +68,14 @@ FORBIDDEN_PREFIXES = ("runtime.", "experiment.name", "experiment.output_dir")
 """Fields a trial may not change: the trial's placement and run directory come from the sweep."""
 
 
-class AshaSpec(_Section):
+class AshaSpec(Section):
     grace_period: PosInt = 2
     """Rounds every trial runs before ASHA may stop it."""
     reduction_factor: Annotated[float, Field(gt=1)] = 2.0
     """Keep 1/reduction_factor of the trials at each rung."""
 
 
-class SweepSpec(_Section):
+class SweepSpec(Section):
     name: SafeName
     """Sweep directory: <output_dir>/<name> (suffixed -2, -3, ... rather than overwrite)."""
     base: StrictStr
@@ -304,7 +295,7 @@ def sweep_from_dict(data: Any, source: Path | None = None) -> Sweep:
     try:
         spec = SweepSpec.model_validate(data["sweep"])
     except ValidationError as exc:
-        lines = _format_errors(exc, SweepSpec)
+        lines = format_errors(exc, SweepSpec)
         # a line about the whole section starts with " = value" (its path is empty)
         raise ConfigError(
             "; ".join(f"sweep{line}" if line.startswith(" ") else f"sweep.{line}" for line in lines)
@@ -331,7 +322,7 @@ def load_sweep(path: str | Path) -> Sweep:
     except FileNotFoundError:
         raise ConfigError(f"{path}: sweep file not found") from None
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = yaml.load(text, Loader=YamlLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from None
     return sweep_from_dict(data, source=path)

@@ -1,36 +1,15 @@
-"""One typed, validated configuration tree for a firm_ray experiment.
+"""The config schema: one pydantic model per section of an experiment, validated at load time.
 
-Why: an experiment touches the model, LoRA, data partitioning, rewards, the FIRM solver, the
-trainer, the federation schedule, Ray and tracking. Scattering those settings over argparse flags
-and dicts means a typo or a bad value surfaces minutes into a run, on a remote worker. Here every
-setting lives in one pydantic tree that rejects unknown keys, wrong types and out-of-range or
-mutually inconsistent values *at load time*, with one line per problem naming the dotted path, the
-bad value and what is allowed::
+Why one tree: an experiment touches the model, LoRA, data, rewards, the algorithm, the trainer,
+the federation schedule, Ray and tracking; a typo or bad value must surface at load time, not
+minutes into a run on a remote worker. Loading, YAML and --set overrides live in loading.py.
 
-    algorithm.beta = -1.0: must be >= 0
-    rewards[1].type = 'foo': must be one of relevance, harmlessness, sentiment, ...
-
-Usage::
-
-    from firm_ray.config import ConfigError, dump_config, load_config
-
-    cfg = load_config("tune_configs/quickstart.yaml", ["algorithm.preference=[0.3,0.7]"])
-    cfg.algorithm.preference_vector(cfg.num_objectives)  # [0.3, 0.7]
-    print(dump_config(cfg))  # resolved YAML; load_config() of it gives back an equal tree
-
-Override values are parsed as YAML (``x=[1,2]`` is a list, ``x=foo`` a string, ``x=`` null).
-The YAML loader also reads ``5e-4`` as a float (plain YAML 1.1 would read a string). This module is
-the bottom layer of the package: it imports nothing from the rest of firm_ray, nor ray or torch.
+(~450 lines: the sections are data with their docstrings, which are the user-facing reference.)
 """
 
-import copy
-import difflib
 import re
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (
     AfterValidator,
     AllowInfNan,
@@ -44,40 +23,8 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_core import PydanticCustomError, to_jsonable_python
 
-__all__ = [
-    "ALGORITHMS",
-    "PROMPT_FORMATS",
-    "REWARD_TYPES",
-    "AlgorithmConfig",
-    "ConfigError",
-    "DataConfig",
-    "ExperimentConfig",
-    "FederationConfig",
-    "FirmConfig",
-    "LoraConfig",
-    "ModelConfig",
-    "PartitionConfig",
-    "RewardSpec",
-    "RuntimeConfig",
-    "TrackingConfig",
-    "TrainerConfig",
-    "WandbConfig",
-    "config_from_dict",
-    "dump_config",
-    "load_config",
-    "save_config",
-]
-
-
-class ConfigError(ValueError):
-    """An invalid config; ``str(err)`` has one line per problem, ``err.problems`` the lines."""
-
-    def __init__(self, problems: str | Sequence[str]) -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("\n".join(self.problems))
-
+from firm_ray.config.errors import ConfigError, Problem, format_errors, raise_problems, show_value
 
 # --------------------------------------------------------------------------- field types
 
@@ -121,24 +68,7 @@ REWARD_TYPES: tuple[str, ...] = get_args(RewardType)
 MULTI_OBJECTIVE_ALGORITHMS = ("firm", "fmgda")
 
 
-class _Problem(NamedTuple):
-    """One cross-field problem, ``path`` relative to the model whose validator found it."""
-
-    path: tuple[str | int, ...]
-    reason: str
-    value: Any = ...  # Ellipsis: no value to show
-
-
-def _raise(problems: list[_Problem]) -> None:
-    """Raise the problems found by a model validator (see `_format_errors`), if any."""
-    if problems:
-        summary = "; ".join(p.reason for p in problems)
-        raise PydanticCustomError(
-            "firm_config", "{summary}", {"summary": summary, "problems": problems}
-        )
-
-
-class _Section(BaseModel):
+class Section(BaseModel):
     """Base of every config model: unknown keys are rejected; bad assignments raise ConfigError.
 
     (No ``__init__`` override: pydantic would route nested validation through it. Build trees with
@@ -159,13 +89,13 @@ class _Section(BaseModel):
             # pydantic has already stored the value when a model validator rejects it: undo that.
             if old is not missing:
                 self.__dict__[name] = old
-            raise ConfigError(_format_errors(exc, type(self))) from None
+            raise ConfigError(format_errors(exc, type(self))) from None
 
 
 # --------------------------------------------------------------------------- sections
 
 
-class ExperimentConfig(_Section):
+class ExperimentConfig(Section):
     name: SafeName = "quickstart"
     """Run name; also the run's directory under output_dir, so only [A-Za-z0-9._-]."""
     seed: NonNegInt = 0
@@ -179,7 +109,7 @@ class ExperimentConfig(_Section):
     """Free text recorded with the run."""
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     name_or_path: StrictStr = "builtin:tiny-world"
     """'builtin:tiny-world' = the project's own warm-start model; else a HF hub id or local path."""
     tokenizer: StrictStr | None = None
@@ -196,7 +126,7 @@ class ModelConfig(_Section):
     """Longer prompts are truncated to this many tokens."""
 
 
-class LoraConfig(_Section):
+class LoraConfig(Section):
     r: PosInt = 8
     """LoRA rank."""
     alpha: PosFloat = 16.0
@@ -209,7 +139,7 @@ class LoraConfig(_Section):
     """Which biases are trained alongside the adapter."""
 
 
-class PartitionConfig(_Section):
+class PartitionConfig(Section):
     scheme: Literal["iid", "dirichlet", "natural", "shards"] = "dirichlet"
     """How prompts are split over clients: iid, Dirichlet(alpha) over categories, one category
     group per client ('natural'), or sorted shards."""
@@ -227,7 +157,7 @@ PromptFormat = Literal["plain", "hh_first_human_turn"]
 PROMPT_FORMATS: tuple[str, ...] = get_args(PromptFormat)
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     source: Literal["builtin", "jsonl", "csv", "parquet", "hf"] = "builtin"
     """Prompt source; 'builtin' = the project's own prompt set (no path needed)."""
     path: StrictStr | None = None
@@ -261,11 +191,11 @@ class DataConfig(_Section):
         problems = []
         if self.source != "builtin" and self.path is None:
             problems.append(
-                _Problem(("path",), f"required when data.source is {self.source!r}", None)
+                Problem(("path",), f"required when data.source is {self.source!r}", None)
             )
         if self.source == "builtin" and self.eval_split is not None:
             problems.append(
-                _Problem(
+                Problem(
                     ("eval_split",),
                     "must be null when data.source is 'builtin' (the built-in world has its "
                     "own eval prompts)",
@@ -274,17 +204,17 @@ class DataConfig(_Section):
             )
         if self.partition.scheme == "natural" and not (self.partition.field or self.category_field):
             problems.append(
-                _Problem(
+                Problem(
                     ("partition", "field"),
                     "scheme 'natural' needs a category field (this or data.category_field)",
                     None,
                 )
             )
-        _raise(problems)
+        raise_problems(problems)
         return self
 
 
-class RewardSpec(_Section):
+class RewardSpec(Section):
     name: SafeName
     """Objective name, unique across rewards; used in metric keys."""
     type: RewardType
@@ -302,7 +232,7 @@ def _default_rewards() -> list[RewardSpec]:
     ]
 
 
-class AlgorithmConfig(_Section):
+class AlgorithmConfig(Section):
     name: AlgorithmName = "firm"
     """firm (in-client regularized min-norm), fedavg_ls (fixed linear scalarization), fmgda
     (one local trajectory per objective, server-side min-norm over the M averaged deltas) or
@@ -329,13 +259,13 @@ class AlgorithmConfig(_Section):
             return [1.0 / num_objectives] * num_objectives
         if len(self.preference) != num_objectives:
             raise ConfigError(
-                f"algorithm.preference = {_show(self.preference)}: has {len(self.preference)} "
+                f"algorithm.preference = {show_value(self.preference)}: has {len(self.preference)} "
                 f"entries, expected {num_objectives}"
             )
         return list(self.preference)
 
 
-class TrainerConfig(_Section):
+class TrainerConfig(Section):
     backend: Literal["torch", "deepspeed"] = "torch"
     """Local optimization backend."""
     deepspeed_config: StrictStr | None = None
@@ -407,7 +337,7 @@ class TrainerConfig(_Section):
         problems = []
         if self.backend == "deepspeed" and self.deepspeed_config is None:
             problems.append(
-                _Problem(
+                Problem(
                     ("deepspeed_config",),
                     "required when trainer.backend is 'deepspeed' (path to a DeepSpeed config)",
                     None,
@@ -416,7 +346,7 @@ class TrainerConfig(_Section):
         sequences = self.batch_prompts * self.generations_per_prompt
         if self.backend == "deepspeed" and self.micro_batch_size < sequences:
             problems.append(
-                _Problem(
+                Problem(
                     ("micro_batch_size",),
                     f"must be >= batch_prompts x generations_per_prompt ({sequences}) with "
                     "trainer.backend 'deepspeed' (its engine backpropagates one combined loss; "
@@ -426,17 +356,17 @@ class TrainerConfig(_Section):
             )
         if self.advantage == "group" and self.generations_per_prompt < 2:
             problems.append(
-                _Problem(
+                Problem(
                     ("generations_per_prompt",),
                     "must be >= 2 when trainer.advantage is 'group'",
                     self.generations_per_prompt,
                 )
             )
-        _raise(problems)
+        raise_problems(problems)
         return self
 
 
-class FederationConfig(_Section):
+class FederationConfig(Section):
     num_clients: PosInt = 8
     """Number of simulated clients, each with its own data shard."""
     clients_per_round: Annotated[Float, _interval("(0, 1]")] = 0.5
@@ -468,17 +398,17 @@ class FederationConfig(_Section):
         sampled = self.clients_sampled_per_round
         if self.client_timeout_s is not None and self.client_timeout_s > self.round_timeout_s:
             reason = f"must be <= round_timeout_s ({self.round_timeout_s:g})"
-            _raise([_Problem(("client_timeout_s",), reason, self.client_timeout_s)])
+            raise_problems([Problem(("client_timeout_s",), reason, self.client_timeout_s)])
         if self.min_clients > sampled:
             reason = (
                 f"must be <= clients sampled per round ({sampled} = max(1, round("
                 f"{self.num_clients} * {self.clients_per_round:g})))"
             )
-            _raise([_Problem(("min_clients",), reason, self.min_clients)])
+            raise_problems([Problem(("min_clients",), reason, self.min_clients)])
         return self
 
 
-class RuntimeConfig(_Section):
+class RuntimeConfig(Section):
     num_workers: PosInt = 2
     """Ray actors that run client updates (clients are multiplexed over them)."""
     num_cpus_per_worker: PosFloat = 1.0
@@ -507,7 +437,7 @@ class RuntimeConfig(_Section):
     aggregation replayed) before the run fails."""
 
 
-class WandbConfig(_Section):
+class WandbConfig(Section):
     enabled: StrictBool = False
     """Log to Weights & Biases."""
     project: StrictStr = "firm-ray"
@@ -524,14 +454,14 @@ class WandbConfig(_Section):
     """Upload the final global LoRA adapter as a W&B artifact."""
 
 
-class TrackingConfig(_Section):
+class TrackingConfig(Section):
     jsonl: StrictBool = True
     """Write metrics to metrics.jsonl in the run directory."""
     wandb: WandbConfig = WandbConfig()
     """Weights & Biases settings."""
 
 
-class FirmConfig(_Section):
+class FirmConfig(Section):
     """The whole experiment. Every section has defaults, so ``{}`` is a valid config."""
 
     experiment: ExperimentConfig = ExperimentConfig()
@@ -569,13 +499,13 @@ class FirmConfig(_Section):
         for i, reward in enumerate(self.rewards):
             if reward.name in seen:
                 reason = f"duplicate reward name (also rewards[{seen[reward.name]}].name)"
-                problems.append(_Problem(("rewards", i, "name"), reason, reward.name))
+                problems.append(Problem(("rewards", i, "name"), reason, reward.name))
             seen.setdefault(reward.name, i)
         algo = self.algorithm.name
         m = self.num_objectives
         if algo in MULTI_OBJECTIVE_ALGORITHMS and m < 2:
             reason = f"algorithm {algo!r} needs at least 2 rewards, got {m}"
-            problems.append(_Problem(("rewards",), reason, [r.name for r in self.rewards]))
+            problems.append(Problem(("rewards",), reason, [r.name for r in self.rewards]))
         pref = self.algorithm.preference
         if pref is not None:
             got = None
@@ -590,306 +520,11 @@ class FirmConfig(_Section):
                     "must be a probability vector (entries >= 0 summing to 1) of length "
                     f"{m} (one per reward); {got}"
                 )
-                problems.append(_Problem(("algorithm", "preference"), reason, pref))
+                problems.append(Problem(("algorithm", "preference"), reason, pref))
         if algo == "centralized" and self.federation.num_clients != 1:
             reason = "algorithm 'centralized' requires exactly 1 client"
             problems.append(
-                _Problem(("federation", "num_clients"), reason, self.federation.num_clients)
+                Problem(("federation", "num_clients"), reason, self.federation.num_clients)
             )
-        _raise(problems)
+        raise_problems(problems)
         return self
-
-
-# --------------------------------------------------------------------------- error messages
-
-
-def _dotted(loc: Sequence[str | int]) -> str:
-    out = ""
-    for part in loc:
-        if part == "[key]":  # pydantic's marker for an invalid mapping key
-            out += " (key)"
-        elif isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _show(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _kind(value: Any) -> str:
-    kinds = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
-    kinds |= {list: "a list", dict: "a mapping", type(None): "null"}
-    return kinds.get(type(value), type(value).__name__)
-
-
-_EXPECTED = {
-    "int_type": "an integer",
-    "float_type": "a number",
-    "string_type": "a string",
-    "bool_type": "true or false",
-    "list_type": "a list",
-    "dict_type": "a mapping",
-    "model_type": "a mapping (a YAML section)",
-    "model_attributes_type": "a mapping (a YAML section)",
-}
-_BOUNDS = {
-    "greater_than_equal": ">=",
-    "greater_than": ">",
-    "less_than_equal": "<=",
-    "less_than": "<",
-}
-_BOUND_KEYS = {">=": "ge", ">": "gt", "<=": "le", "<": "lt"}
-
-
-def _unwrap(tp: Any) -> Any:
-    """Strip Annotated and Optional from a type annotation."""
-    while True:
-        origin = get_origin(tp)
-        if origin is Annotated:
-            tp = get_args(tp)[0]
-        elif origin is Union or type(tp).__name__ == "UnionType":
-            args = [a for a in get_args(tp) if a is not type(None)]
-            if len(args) != 1:
-                return tp
-            tp = args[0]
-        else:
-            return tp
-
-
-def _model_at(root: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
-    """The config model class at a location below root, if it is one."""
-    tp: Any = root
-    for part in loc:
-        tp = _unwrap(tp)
-        if isinstance(part, int) and get_origin(tp) is list:
-            tp = get_args(tp)[0]
-        elif isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
-            tp = tp.model_fields[part].annotation
-        else:
-            return None
-    tp = _unwrap(tp)
-    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
-
-
-def _unknown_key(loc: Sequence[str | int], model: type[BaseModel] | None) -> str:
-    if model is None:
-        return f"{_dotted(loc)}: unknown key"
-    allowed = list(model.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{_dotted(loc)}: unknown key{hint}; allowed keys: {', '.join(allowed)}"
-
-
-def _phrase(err: dict[str, Any]) -> str:
-    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
-    if kind in _EXPECTED:
-        quote = kind == "string_type" and isinstance(value, (int, float))
-        hint = " (quote it in YAML)" if quote else ""
-        return f"must be {_EXPECTED[kind]}, not {_kind(value)}{hint}"
-    if kind in _BOUNDS:
-        op = _BOUNDS[kind]
-        bound = ctx[_BOUND_KEYS[op]]
-        return f"must be {op} {bound:g}" if isinstance(bound, float) else f"must be {op} {bound}"
-    if kind == "literal_error":
-        return "must be one of " + ", ".join(re.findall(r"'([^']*)'", ctx["expected"]))
-    if kind == "too_short":
-        n = ctx["min_length"]
-        return f"must have at least {n} {'entry' if n == 1 else 'entries'}"
-    if kind == "finite_number":
-        return "must be a finite number"
-    if kind == "value_error":
-        return str(ctx["error"])
-    msg = str(err["msg"])
-    return "must be" + msg[len("Input should be") :] if msg.startswith("Input should be") else msg
-
-
-def _format_errors(exc: ValidationError, root: type[BaseModel]) -> list[str]:
-    """One line per problem: ``path = value: what is allowed``; unknown keys first.
-
-    Paths are relative to the model class ``root`` that was validated.
-    """
-    first: list[str] = []
-    rest: list[str] = []
-    for err in exc.errors(include_url=False):
-        loc = err["loc"]
-        if err["type"] == "firm_config":
-            for p in err["ctx"]["problems"]:
-                path = _dotted((*loc, *p.path))
-                shown = "" if p.value is ... else f" = {_show(p.value)}"
-                rest.append(f"{path}{shown}: {p.reason}")
-        elif err["type"] == "extra_forbidden":
-            first.append(_unknown_key(loc, _model_at(root, loc[:-1])))
-        elif err["type"] == "missing":
-            rest.append(f"{_dotted(loc)}: required field is missing")
-        else:
-            rest.append(f"{_dotted(loc)} = {_show(err['input'])}: {_phrase(err)}")
-    return list(dict.fromkeys(first + rest))
-
-
-# --------------------------------------------------------------------------- YAML
-
-
-def _with_float_resolver(base: type) -> type:
-    """A YAML loader/dumper class that also reads 1e-3 / 5E+4 (no dot) as floats."""
-    cls = type(f"_Firm{base.__name__}", (base,), {})
-    cls.yaml_implicit_resolvers = {k: list(v) for k, v in base.yaml_implicit_resolvers.items()}
-    cls.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-        list("-+0123456789"),
-    )
-    return cls
-
-
-_Loader = _with_float_resolver(yaml.SafeLoader)
-_Dumper = _with_float_resolver(yaml.SafeDumper)
-
-
-def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
-    """Lists of scalars inline (``[0.3, 0.7]``), everything else in block style."""
-    flow = all(not isinstance(item, (list, dict)) for item in data)
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
-
-
-_Dumper.add_representer(list, _represent_list)
-
-
-def _yaml_error(where: str, exc: yaml.YAMLError) -> ConfigError:
-    mark = getattr(exc, "problem_mark", None)
-    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    problem = getattr(exc, "problem", None) or str(exc)
-    return ConfigError(f"{where}: invalid YAML{at}: {' '.join(str(problem).split())}")
-
-
-# --------------------------------------------------------------------------- overrides
-
-_OVERRIDE_PATH = re.compile(r"[A-Za-z_][\w-]*(?:\[\d+\])*(?:\.[A-Za-z_][\w-]*(?:\[\d+\])*)*")
-
-
-def _parse_path(path: str) -> list[str | int]:
-    return [
-        int(tok[1:-1]) if tok.startswith("[") else tok
-        for tok in re.findall(r"\[\d+\]|[^.[]+", path)
-    ]
-
-
-def _apply_override(raw: dict[str, Any], override: str) -> None:
-    key, sep, text = override.partition("=")
-    key = key.strip()
-    if not sep or not _OVERRIDE_PATH.fullmatch(key):
-        raise ConfigError(
-            f"override {override!r}: must look like a.b.c=VALUE (e.g. algorithm.beta=0.5)"
-        )
-    try:
-        value = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise _yaml_error(f"override {override!r}", exc) from None
-    parts = _parse_path(key)
-    node: Any = raw
-    tp: Any = FirmConfig
-    for i, part in enumerate(parts):
-        here, last = _dotted(parts[: i + 1]), i == len(parts) - 1
-        tp = _unwrap(tp)
-        model = tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
-        if isinstance(part, int):
-            if get_origin(tp) is not list or not isinstance(node, list):
-                raise ConfigError(f"{here}: cannot index {_dotted(parts[:i])} = {_show(node)}")
-            if part >= len(node):
-                raise ConfigError(
-                    f"{here}: index out of range ({_dotted(parts[:i])} has {len(node)} entries)"
-                )
-            tp = get_args(tp)[0]
-        else:
-            if model is not None:
-                if part not in model.model_fields:
-                    raise ConfigError(
-                        _unknown_key(parts[: i + 1], model) + f" (in --set {override})"
-                    )
-                field = model.model_fields[part]
-                tp = field.annotation
-            elif get_origin(tp) is dict or tp is Any:
-                tp = get_args(tp)[1] if get_origin(tp) is dict else Any
-            else:
-                raise ConfigError(f"{here}: unknown key ({_dotted(parts[:i])} has no sub-keys)")
-            if not isinstance(node, dict):
-                raise ConfigError(
-                    f"{here}: cannot set a key in {_dotted(parts[:i])} = {_show(node)}"
-                )
-            if not last and node.get(part) is None:  # descend into the default
-                default = field.get_default(call_default_factory=True) if model else None
-                empty: Any = [] if isinstance(parts[i + 1], int) else {}
-                node[part] = empty if default is None else to_jsonable_python(default)
-        if last:
-            node[part] = value
-        else:
-            node = node[part]
-
-
-# --------------------------------------------------------------------------- public API
-
-
-def config_from_dict(data: dict[str, Any] | None, overrides: Sequence[str] = ()) -> FirmConfig:
-    """Validate a plain dict (as read from YAML) after applying dotted ``key=value`` overrides.
-
-    A section given as null (e.g. a YAML section whose lines are all commented out) means
-    "all defaults". The input is not modified.
-    """
-    if isinstance(overrides, str):
-        raise TypeError("overrides must be a sequence of 'key=value' strings, not one string")
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config = {_show(data)}: the top level must be a mapping of sections")
-    sections = set(FirmConfig.model_fields) - {"rewards"}
-    raw = {k: v for k, v in copy.deepcopy(data).items() if not (v is None and k in sections)}
-    for override in overrides:
-        _apply_override(raw, override)
-    try:
-        return FirmConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, FirmConfig)) from None
-
-
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> FirmConfig:
-    """Read a YAML config (None = all defaults), apply overrides and validate."""
-    data = None
-    if path is not None:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from None
-        try:
-            data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
-        except yaml.YAMLError as exc:
-            raise _yaml_error(str(path), exc) from None
-        if data is not None and not isinstance(data, dict):
-            raise ConfigError(
-                f"{path}: the top level must be a mapping of sections, not {_kind(data)}"
-            )
-    return config_from_dict(data, overrides)
-
-
-def dump_config(config: FirmConfig) -> str:
-    """The full config as YAML, keys in model order; `load_config` of it gives an equal config."""
-    return yaml.dump(
-        config.model_dump(mode="json"),
-        Dumper=_Dumper,
-        sort_keys=False,
-        default_flow_style=False,
-        allow_unicode=True,
-    )
-
-
-def save_config(config: FirmConfig, path: str | Path) -> Path:
-    """Write `dump_config(config)` to path (creating parent directories); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dump_config(config), encoding="utf-8")
-    return path
