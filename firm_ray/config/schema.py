@@ -137,6 +137,11 @@ class LoraConfig(Section):
     """Module names to adapt; None = a per-architecture default."""
     bias: Literal["none", "all", "lora_only"] = "none"
     """Which biases are trained alongside the adapter."""
+    freeze_a: StrictBool = False
+    """FFA-LoRA (Sun et al. 2024): keep every LoRA A matrix at its seeded initialisation and
+    train only B. A is then the same on every client, so averaging the B matrices is exactly
+    averaging the updates B A (with trainable A, mean(B) mean(A) != mean(B A)). Half the trained
+    parameters; the upload still carries A (unchanged) so a payload is a whole PEFT adapter."""
 
 
 class PartitionConfig(Section):
@@ -270,10 +275,18 @@ class TrainerConfig(Section):
     """Local optimization backend."""
     deepspeed_config: StrictStr | None = None
     """Path to a DeepSpeed JSON/YAML config; required when backend is 'deepspeed'."""
-    learning_rate: PosFloat = 5e-4
-    """Client optimizer learning rate for the LoRA parameters."""
+    optimizer: Literal["adamw", "sgd"] | None = None
+    """Client optimizer of the LoRA parameters, fresh every round: 'adamw' or 'sgd' (with
+    `momentum`); None = the algorithm's default (AdamW; fmgda: SGD, as in Yang et al. 2023,
+    whose local update is plain SGD). AdamW's sign-like first steps do not keep a min-norm
+    direction's common-descent property; SGD does."""
+    learning_rate: PosFloat | None = None
+    """Client learning rate; None = the optimizer's default (adamw 5e-4, sgd: see
+    firm_ray.trainer.backends.DEFAULT_LEARNING_RATES)."""
+    momentum: Annotated[Float, _interval("[0, 1)")] = 0.0
+    """SGD momentum (0 = plain SGD); only with optimizer 'sgd'."""
     weight_decay: NonNegFloat = 0.0
-    """AdamW weight decay."""
+    """Weight decay (AdamW: decoupled; SGD: L2)."""
     batch_prompts: PosInt = 8
     """Prompts per local step."""
     generations_per_prompt: PosInt = 4
@@ -319,16 +332,22 @@ class TrainerConfig(Section):
     """Completions sampled per held-out prompt at evaluation."""
     kl_coef: NonNegFloat = 0.05
     """KL penalty to the reference (adapter-free) model."""
-    kl_mode: Literal["reward", "loss"] = "reward"
-    """'reward': the sequence log-ratio to the reference is a penalty in every objective's
-    return (the score-function gradient of the sequence KL; per-objective gradients then cost one
-    backward); 'loss': GRPO's per-token k3 KL term in the loss (one extra backward)."""
+    kl_mode: Literal["reward", "advantage", "loss"] = "reward"
+    """Where the KL penalty to the reference enters. 'reward' (DESIGN.md: J_m = E[r_m] -
+    kl_coef * KL): kl_coef times the sequence log-ratio to the reference is subtracted from every
+    raw reward before the advantage, so kl_coef is in reward units; 'advantage': the log-ratio,
+    centred with the advantage's baseline, is subtracted after the advantage (kl_coef in
+    advantage units: reward standard deviations with 'group' / 'batch'; the form before issue
+    15); 'loss': GRPO's per-token k3 KL term in the loss (one extra backward)."""
     clip_eps: Annotated[Float, _interval("(0, 1)")] = 0.2
     """PPO ratio clipping epsilon."""
     ppo_epochs: PosInt = 1
     """Optimization passes over each batch of generations."""
-    advantage: Literal["group", "batch"] = "group"
-    """Baseline: per-prompt group mean (GRPO-style) or batch mean."""
+    advantage: Literal["group", "batch", "group_mean", "batch_mean"] = "group"
+    """Per-objective advantage of each completion. 'group': (r - group mean) / (group std +
+    eps), GRPO (TRL scale_rewards 'group'); 'batch': (r - batch mean) / (batch std + eps) (TRL
+    'batch'); 'group_mean' / 'batch_mean': r minus the group / batch mean, not divided by a std
+    (Dr. GRPO; TRL scale_rewards 'none'), so each reward's scale reaches its gradient."""
     max_grad_norm: PosFloat | None = 1.0
     """Clip the combined gradient to this L2 norm; None = no clipping."""
 
@@ -354,13 +373,17 @@ class TrainerConfig(Section):
                     self.micro_batch_size,
                 )
             )
-        if self.advantage == "group" and self.generations_per_prompt < 2:
+        if self.advantage.startswith("group") and self.generations_per_prompt < 2:
             problems.append(
                 Problem(
                     ("generations_per_prompt",),
-                    "must be >= 2 when trainer.advantage is 'group'",
+                    f"must be >= 2 when trainer.advantage is {self.advantage!r}",
                     self.generations_per_prompt,
                 )
+            )
+        if self.optimizer == "adamw" and self.momentum > 0:
+            problems.append(
+                Problem(("momentum",), "only used with trainer.optimizer 'sgd'", self.momentum)
             )
         raise_problems(problems)
         return self

@@ -52,7 +52,7 @@ class TorchBackend:
 
     def reset(self) -> None:
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
+            self.params, lr=self.cfg.learning_rate or 5e-4, weight_decay=self.cfg.weight_decay
         )
 
     def apply(self, direction: torch.Tensor, combined_loss: Callable[[], torch.Tensor]) -> float:

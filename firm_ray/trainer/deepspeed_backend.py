@@ -155,7 +155,7 @@ def resolve_config(
     if not is_adamw:
         contradict("optimizer.type", opt_type, "AdamW")
     ours = {
-        "lr": cfg.learning_rate,
+        "lr": cfg.learning_rate or 5e-4,
         "weight_decay": cfg.weight_decay,
         "betas": list(_BETAS),
         "eps": _EPS,
