@@ -99,7 +99,11 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
                 )
             tp = get_args(tp)[0]
         else:
-            if model is not None:
+            if model is not None and part not in model.model_fields and _open(model):
+                # a section with plug-in keys (the algorithm's options): its validator checks
+                # the key against the selected algorithm once the whole tree is known
+                model, tp = None, Any
+            elif model is not None:
                 if part not in model.model_fields:
                     raise ConfigError(
                         unknown_key(parts[: i + 1], model) + f" (in --set {override})"
@@ -117,11 +121,18 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
             if not last and node.get(part) is None:  # descend into the default
                 default = field.get_default(call_default_factory=True) if model else None
                 empty: Any = [] if isinstance(parts[i + 1], int) else {}
+                if isinstance(default, BaseModel):  # {} is the section's defaults, and an
+                    default = {}  # algorithm block must not inherit firm's options
                 node[part] = empty if default is None else to_jsonable_python(default)
         if last:
             node[part] = value
         else:
             node = node[part]
+
+
+def _open(model: type[BaseModel]) -> bool:
+    """Does the section take keys beyond its fields (extra='allow', e.g. AlgorithmConfig)?"""
+    return model.model_config.get("extra") == "allow"
 
 
 # --------------------------------------------------------------------------- public API

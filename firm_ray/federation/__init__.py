@@ -1,9 +1,10 @@
-"""Federated algorithms as strategies (configure_round / aggregate_round); no Ray."""
+"""The server side of algorithms (Strategy: configure_round / aggregate_round / state); no Ray.
+
+The algorithms themselves live in firm_ray.algorithms, one file each."""
 
 from firm_ray.federation.strategies import (
     AggregateResult,
     FedAvgStrategy,
-    FmgdaStrategy,
     RoundFailed,
     Strategy,
     build_strategy,
@@ -13,7 +14,6 @@ from firm_ray.federation.strategies import (
 __all__ = [
     "AggregateResult",
     "FedAvgStrategy",
-    "FmgdaStrategy",
     "RoundFailed",
     "Strategy",
     "build_strategy",

@@ -1,18 +1,18 @@
-"""Federated algorithms as strategies with two hooks, the math beside them in firm_ray.core.
+"""The server side of an algorithm: the Strategy hooks and the generic machinery they share.
 
-    configure_round(round_index, num_clients) -> client ids to train this round
+    configure_round(round_index) -> client ids to train this round (default: seeded sample)
     aggregate_round(round_index, global_state, updates, failures) -> AggregateResult
+    state_dict() / load_state_dict(state): server state kept across rounds (checkpointed)
+
+Each algorithm (firm_ray/algorithms/) builds its Strategy; this module holds what they share.
 
 ``updates`` is an iterable consumed once, in client-id order (so the result does not depend on
 which worker finished first), and may be a generator that fetches one update at a time: the
 strategies stream it and keep one adapter-sized accumulator (M of them for fmgda), whatever
 the number of clients. ``failures`` lists the clients left out (late, crashed, rejected).
 
-- ``firm``, ``fedavg_ls``, ``centralized``: theta^{t+1} = theta^t + eta_s * (sum_i w_i theta_i -
-  theta^t), w_i proportional to local sample counts (eta_s = 1 is FedAvg). The algorithms differ
-  in what clients do, not in the server step.
-- ``fmgda``: clients upload one delta per objective; the server averages them per objective,
-  solves min-norm MGDA on the M averaged deltas and moves theta by eta_s * sum_m lambda_m delta_m.
+`FedAvgStrategy` (firm, fedavg_ls, centralized, jd): theta^{t+1} = theta^t + eta_s * (sum_i
+w_i theta_i - theta^t), w_i proportional to local sample counts (eta_s = 1 is FedAvg).
 
 An update flagged invalid, and one whose client skipped every local step (it is theta^t itself:
 averaging it in would only pull the mean back), is rejected with its reason and counts against
@@ -22,19 +22,16 @@ clients report (``steps``, ``skipped_steps``, ``skip_reasons``, ...) for the rou
 
 from __future__ import annotations
 
+import importlib
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from firm_ray.config import FirmConfig
-from firm_ray.core import firm_weights
 from firm_ray.core.aggregation import (
     StreamingAverage,
-    apply_delta,
     first_non_finite,
     server_update,
 )
@@ -64,12 +61,15 @@ def _count(value: Any) -> float | None:
     return float(value)
 
 
-def local_step_counts(update: ClientUpdate, config: FirmConfig) -> tuple[float, float]:
+def local_step_counts(
+    update: ClientUpdate, config: FirmConfig, trajectories: int | None = None
+) -> tuple[float, float]:
     """(attempted, skipped) local steps of one client this round.
 
-    ``steps`` is the trainer's own count (fmgda: over all M trajectories). A trainer that
-    reports only ``skipped_steps`` attempted ``federation.local_steps`` per trajectory; an
-    update with neither (a client that refused to train) attempted none.
+    ``steps`` is the trainer's own count (over all trajectories, e.g. fmgda's M). A trainer that
+    reports only ``skipped_steps`` attempted ``federation.local_steps`` per trajectory (None:
+    the algorithm's number of trajectories); an update with neither (a client that refused to
+    train) attempted none.
     """
     skipped = _count(update.metrics.get("skipped_steps"))
     steps = _count(update.metrics.get("steps"))
@@ -77,7 +77,8 @@ def local_step_counts(update: ClientUpdate, config: FirmConfig) -> tuple[float, 
         return 0.0, 0.0
     skipped = skipped or 0.0
     if steps is None:
-        trajectories = len(config.rewards) if config.algorithm.name == "fmgda" else 1
+        if trajectories is None:
+            trajectories = config.algorithm.num_trajectories(config.num_objectives)
         steps = float(config.federation.local_steps * trajectories)
     return steps, min(skipped, steps)
 
@@ -87,9 +88,11 @@ def _reasons(update: ClientUpdate) -> list[str]:
     return [str(r) for r in reasons] if isinstance(reasons, list) else []
 
 
-def all_steps_skipped(update: ClientUpdate, config: FirmConfig) -> bool:
+def all_steps_skipped(
+    update: ClientUpdate, config: FirmConfig, trajectories: int | None = None
+) -> bool:
     """The client attempted local steps and skipped every one (its update is theta^t)."""
-    steps, skipped = local_step_counts(update, config)
+    steps, skipped = local_step_counts(update, config, trajectories)
     return steps > 0 and skipped >= steps
 
 
@@ -135,14 +138,29 @@ def sample_clients(seed: int, round_index: int, num_clients: int, per_round: int
 
 
 class Strategy:
-    """Base strategy: seeded client sampling and the server-side checks of every update."""
+    """Base strategy: seeded client sampling and the server-side checks of every update.
 
-    def __init__(self, config: FirmConfig) -> None:
+    ``trajectories``: local trajectories per client (what a client that reports no step count
+    attempted, ``federation.local_steps`` each)."""
+
+    def __init__(self, config: FirmConfig, trajectories: int = 1) -> None:
         self.config = config
+        self.trajectories = trajectories
         self.min_clients = config.federation.min_clients
         self.server_lr = config.algorithm.server_lr
 
+    def state_dict(self) -> dict[str, Any]:
+        """Server state kept across rounds (JSON-serializable; saved in every checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (on resume and aggregator recovery)."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no server state, got {sorted(state)}")
+
     def configure_round(self, round_index: int) -> list[int]:
+        """The clients that train in round ``round_index`` (sorted ids): seeded by
+        (experiment.seed, round), ``federation.clients_per_round`` of them."""
         fed = self.config.federation
         return sample_clients(
             self.config.experiment.seed,
@@ -169,8 +187,8 @@ class Strategy:
         """
         if not update.valid:
             return update.reason or "client flagged its update invalid"
-        if all_steps_skipped(update, self.config):
-            steps, _ = local_step_counts(update, self.config)
+        if all_steps_skipped(update, self.config, self.trajectories):
+            steps, _ = local_step_counts(update, self.config, self.trajectories)
             first = next(iter(_reasons(update)), "no reason given")
             return f"all {steps:g} local steps skipped: {first}"
         if not payloads:
@@ -208,7 +226,7 @@ class Strategy:
 
 
 class FedAvgStrategy(Strategy):
-    """Sample-weighted average of client adapters (firm, fedavg_ls, centralized)."""
+    """Sample-weighted average of client adapters (firm, fedavg_ls, centralized, jd)."""
 
     def aggregate_round(
         self,
@@ -231,46 +249,9 @@ class FedAvgStrategy(Strategy):
         return AggregateResult(state=state, accepted=accepted, rejected=rejected)
 
 
-class FmgdaStrategy(Strategy):
-    """Server-side min-norm MGDA over per-objective averaged deltas (Yang et al. 2023)."""
-
-    def aggregate_round(
-        self,
-        round_index: int,
-        global_state: AdapterState,
-        updates: Iterable[ClientUpdate],
-        failures: list[dict[str, Any]],
-    ) -> AggregateResult:
-        averages: list[StreamingAverage] = []
-        accepted: list[int] = []
-        rejected: list[dict[str, Any]] = []
-        for update, deltas in self._screen(updates, lambda u: u.objective_deltas, rejected):
-            if not averages:
-                averages = [StreamingAverage() for _ in deltas]
-            for average, delta in zip(averages, deltas, strict=True):
-                average.add(delta, float(update.num_samples), check_finite=False)
-            accepted.append(update.client_id)
-        self._enough(accepted, rejected, failures)
-        mean_deltas = [a.result() for a in averages]
-        flat = torch.stack(
-            [torch.cat([v.reshape(-1).double() for v in d.values()]) for d in mean_deltas]
-        )
-        lam = firm_weights(flat @ flat.T, 0.0)  # plain min-norm MGDA on the averaged deltas
-        step = {
-            k: sum(float(lam[m]) * mean_deltas[m][k].double() for m in range(len(mean_deltas)))
-            for k in global_state
-        }
-        state = apply_delta(global_state, step, scale=self.server_lr)
-        return AggregateResult(
-            state=state,
-            accepted=accepted,
-            rejected=rejected,
-            metrics={"server_lambda": lam.tolist()},
-        )
-
-
 def build_strategy(config: FirmConfig) -> Strategy:
-    """The strategy of ``algorithm.name``."""
-    if config.algorithm.name == "fmgda":
-        return FmgdaStrategy(config)
-    return FedAvgStrategy(config)
+    """The server side of ``config.algorithm.name``: `firm_ray.algorithms.build_strategy`.
+
+    Kept at its old address for existing callers (tests/unit/test_device.py,
+    test_skipped_steps.py); imported on demand because the algorithms sit above this layer."""
+    return importlib.import_module("firm_ray.algorithms").build_strategy(config)

@@ -1,6 +1,7 @@
 """Aggregator: the body of the server (driver) actor.
 
-Holds the global adapter, the client-persistent state and the algorithm's strategy; aggregates
+Holds the global adapter, the client-persistent state and the algorithm's strategy (its server
+side: client selection, aggregation, server state, all from firm_ray.algorithms); aggregates
 a round by pulling client updates from the object store one at a time, in client-id order (two
 passes: the average, then the drift against the new global adapter), so its memory is that of
 one adapter (M for fmgda) however many clients report; writes atomic checkpoints.
@@ -17,10 +18,10 @@ from typing import Any
 import ray
 from safetensors.torch import load_file
 
+from firm_ray.algorithms import build_algorithm
 from firm_ray.config import config_from_dict
 from firm_ray.core.aggregation import state_distance
 from firm_ray.core.metrics import disagreement
-from firm_ray.federation import build_strategy
 from firm_ray.models.adapter import Payload, adapter_from_bytes, adapter_to_buffer
 from firm_ray.runtime.checkpoint import (  # noqa: F401  (re-exported: loop, sweep, tests)
     CHECKPOINT_ADAPTER,
@@ -40,11 +41,11 @@ class Aggregator:
 
     def __init__(self, config: dict[str, Any], run_dir: str) -> None:
         self.config = config_from_dict(config)
-        self.strategy = build_strategy(self.config)
+        self.algorithm = build_algorithm(self.config.algorithm, self.config.num_objectives)
+        self.strategy = self.algorithm.strategy(self.config)
         self.run_dir = Path(run_dir)
         self.state: AdapterState | None = None
         self.client_states: dict[int, dict] = {}
-        self.fmgda = self.config.algorithm.name == "fmgda"
         self._payload: Payload | None = None  # self.state serialized, built when first asked
 
     # ------------------------------------------------------------------------- global state
@@ -68,6 +69,10 @@ class Aggregator:
         return {c: self.client_states.get(c, {}) for c in client_ids}
 
     # ------------------------------------------------------------------------- a round
+    def configure_round(self, round_index: int) -> list[int]:
+        """The clients that train in round ``round_index`` (the algorithm's selection)."""
+        return [int(c) for c in self.strategy.configure_round(round_index)]
+
     def aggregate(
         self,
         round_index: int,
@@ -103,7 +108,7 @@ class Aggregator:
                 keep = held + size <= DRIFT_HOLD_BYTES
                 held += size if keep else 0
                 wires[header.client_id] = wire if keep else ref
-                yield decode_update(wire, self.fmgda, copy=False)  # views: read only
+                yield decode_update(wire, copy=False)  # views: read only
 
         previous = self.state
         result = self.strategy.aggregate_round(round_index, previous, stream(), failures)
@@ -135,7 +140,8 @@ class Aggregator:
         self, updates: list[tuple[ClientUpdate, WireUpdate | list[Any]]], previous: AdapterState
     ) -> float:
         """Mean ||theta_i - theta^{t+1}|| over the accepted clients' updates, in client-id
-        order (fmgda: theta_i = theta^t + the client's mean per-objective delta).
+        order (theta_i as the algorithm's ``local_adapter`` says; fmgda: theta^t + the client's
+        mean per-objective delta).
 
         A second pass (theta^{t+1} is known only after the first), over decoded views of the
         payloads the first pass already fetched (fetched again beyond DRIFT_HOLD_BYTES), no
@@ -145,12 +151,9 @@ class Aggregator:
         distances = []
         for header, item in updates:
             wire = item if isinstance(item, tuple) else (header, ray.get(item[0]))
-            update = decode_update(wire, self.fmgda, copy=False)
-            if self.fmgda:
-                deltas = update.objective_deltas or []
-                local = {k: previous[k] + sum(d[k] for d in deltas) / len(deltas) for k in previous}
-            else:
-                local = update.adapter or {}
+            update = decode_update(wire, copy=False)
+            payloads = [update.adapter] if update.adapter is not None else update.objective_deltas
+            local = self.algorithm.local_adapter(payloads or [{}], previous)
             distances.append(state_distance(local, self.state))
         return float(sum(distances) / len(distances)) if distances else 0.0
 
@@ -166,6 +169,7 @@ class Aggregator:
             "round": round_index,
             "adapter_order": list(self.state),
             "client_states": {str(k): v for k, v in self.client_states.items()},
+            "strategy_state": self.strategy.state_dict(),
             **extra,
         }
         # the serialized global adapter is the safetensors file (safetensors.torch.save's bytes)
@@ -186,6 +190,7 @@ class Aggregator:
         order = info.get("adapter_order") or sorted(loaded)
         self._set_state({k: loaded[k] for k in order})
         self.client_states = {int(k): v for k, v in info.get("client_states", {}).items()}
+        self.strategy.load_state_dict(info.get("strategy_state") or {})
         return info
 
 

@@ -11,31 +11,52 @@ decodes it one update at a time while it aggregates, as read-only views of the s
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from firm_ray.models.adapter import Payload, adapter_from_bytes, adapter_to_buffer
 from firm_ray.types import AdapterState, ClientUpdate
+
+PayloadKind = Literal["adapter", "objective_deltas"]
+
+
+@dataclasses.dataclass
+class UpdateHeader(ClientUpdate):
+    """A ClientUpdate without tensors that says how to decode its payloads: ``payload`` names
+    the ClientUpdate field they fill ('adapter': one adapter; 'objective_deltas': one delta
+    per objective, fmgda). The loop and fault handling read it as any ClientUpdate."""
+
+    payload: PayloadKind = "adapter"
+
 
 WireUpdate = tuple[ClientUpdate, list[Payload]]
 
 
 def encode_update(update: ClientUpdate) -> WireUpdate:
     """Split an update into its tensor-free header and its serialized adapters."""
+    fields = {f.name: getattr(update, f.name) for f in dataclasses.fields(ClientUpdate)}
+    fields.update(adapter=None, objective_deltas=None)
     if update.adapter is not None:
         payloads = [adapter_to_buffer(update.adapter)]
+        kind: PayloadKind = "adapter"
     else:
         payloads = [adapter_to_buffer(d) for d in update.objective_deltas or []]
-    header = dataclasses.replace(update, adapter=None, objective_deltas=None)
-    return header, payloads
+        kind = "objective_deltas" if update.objective_deltas is not None else "adapter"
+    return UpdateHeader(**fields, payload=kind), payloads
 
 
-def decode_update(wire: WireUpdate, fmgda: bool, *, copy: bool = True) -> ClientUpdate:
-    """The update with its tensors back; ``copy=False`` decodes them as views of the payload
+def decode_update(wire: WireUpdate, *, copy: bool = True) -> ClientUpdate:
+    """The update with its tensors back, as its header's ``payload`` says (a plain
+    ClientUpdate header: 'adapter'); ``copy=False`` decodes them as views of the payload
     buffers (no copy; read them only, see ``adapter_from_bytes``)."""
     header, payloads = wire
     states: list[AdapterState] = [adapter_from_bytes(p, copy=copy) for p in payloads]
-    if fmgda:
-        return dataclasses.replace(header, objective_deltas=states or None)
-    return dataclasses.replace(header, adapter=states[0] if states else None)
+    kind = getattr(header, "payload", "adapter")
+    fields = {f.name: getattr(header, f.name) for f in dataclasses.fields(ClientUpdate)}
+    if kind == "objective_deltas":
+        fields.update(adapter=None, objective_deltas=states or None)
+    else:
+        fields.update(adapter=states[0] if states else None, objective_deltas=None)
+    return ClientUpdate(**fields)
 
 
 def payload_bytes(wire: WireUpdate) -> int:

@@ -12,9 +12,13 @@ A local step, top to bottom, every tensor on ``policy.device``:
   4-5. for each PPO epoch and each micro-batch: one forward, the factored clipped-surrogate
      loss (truncated importance weights when sampling != policy), and its share of the M
      per-objective gradients (firm_ray.core.gradients), accumulated exactly;
-  6. optional gradient normalization (none | l2);
-  7. lambda* = firm_weights(G^T G, beta, p) (``fedavg_ls``: lambda = p, no solve);
-  8. direction = sum_m lambda_m g_m (+ mu (theta - theta^t), FedProx) -> clip -> AdamW.
+  6-7. the algorithm's direction (firm_ray.algorithms): firm normalizes (none | l2) and solves
+     lambda* = firm_weights(G^T G, beta, p); fedavg_ls / fmgda take lambda = p (one combined
+     gradient, no solve); jd asks a torchjd weighting;
+  8. direction = sum_m lambda_m g_m (+ mu (theta - theta^t), FedProx) -> clip -> optimizer.
+The algorithm also says how many trajectories a round runs (fmgda: one per objective, one-hot
+preference each), may transform the rewards before the advantages (fedavg_ls
+sum_then_normalize) and what the client uploads.
 Steps whose rewards, losses or gradients are not finite are skipped and counted with their
 reason; a client whose steps all skipped sends nothing; an adapter that ends non-finite is
 returned flagged invalid for the server to reject.
@@ -41,10 +45,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from firm_ray.algorithms import build_algorithm
 from firm_ray.config import AlgorithmConfig, TrainerConfig
-from firm_ray.core import effective_beta, firm_weights
-from firm_ray.core.aggregation import first_non_finite, state_delta
-from firm_ray.core.gradients import ObjectiveGradients, gradient_scales, losses_from_terms
+from firm_ray.core.aggregation import first_non_finite
+from firm_ray.core.gradients import ObjectiveGradients, losses_from_terms
 from firm_ray.data.prompts import Prompt
 from firm_ray.models.adapter import get_adapter_state, set_adapter_state
 from firm_ray.models.generation import Samples, sample_completions
@@ -103,6 +107,7 @@ class LocalTrainer:
         self.max_prompt_tokens = max_prompt_tokens
         self.seed = seed
         self.num_objectives = len(self.rewards)
+        self.algo = build_algorithm(algorithm, self.num_objectives)
         # THE device of every tensor of a local step: the policy's (decided once, at load time).
         self.device = policy.device
         self.preference = torch.tensor(
@@ -150,44 +155,23 @@ class LocalTrainer:
                 valid=False,
                 reason=f"received a non-finite global adapter ({bad!r}); not trained",
             )
-        if self.algorithm.name == "fmgda":
-            return self._run_fmgda(global_adapter, prompts, client_id, round_index)
-        mode = "fixed" if self.algorithm.name == "fedavg_ls" else "firm"
-        metrics = self._trajectory(
-            global_adapter, prompts, client_id, round_index, mode, self.preference
-        )
-        adapter = get_adapter_state(self.policy.model)
-        empty = int(metrics["steps"]) if metrics["skipped_steps"] >= metrics["steps"] else 0
-        return self._finish(
-            client_id, round_index, len(prompts), metrics, adapter=adapter, all_skipped=empty
-        )
-
-    def _run_fmgda(
-        self,
-        global_adapter: AdapterState,
-        prompts: Sequence[Prompt],
-        client_id: int,
-        round_index: int,
-    ) -> ClientUpdate:
-        """fmgda client: one K-step trajectory per objective from theta^t; M deltas back."""
-        deltas: list[AdapterState] = []
+        adapters: list[AdapterState] = []
         merged: dict[str, Any] = defaultdict(list)
         empty = 0
-        for m in range(self.num_objectives):
-            onehot = torch.zeros(self.num_objectives, dtype=torch.float64, device=self.device)
-            onehot[m] = 1.0
+        trajectories = self.algo.trajectories(self.preference)
+        for index, preference in enumerate(trajectories):
             metrics = self._trajectory(
-                global_adapter, prompts, client_id, round_index, "fixed", onehot, trajectory=m
+                global_adapter, prompts, client_id, round_index, preference, trajectory=index
             )
-            deltas.append(state_delta(get_adapter_state(self.policy.model), global_adapter))
+            adapters.append(get_adapter_state(self.policy.model))
             if metrics["skipped_steps"] >= metrics["steps"]:
                 empty = empty or int(metrics["steps"])
             for key, value in metrics.items():
                 merged[key].append(value)
-        metrics = {k: merge_metric(k, v) for k, v in merged.items()}
-        return self._finish(
-            client_id, round_index, len(prompts), metrics, deltas=deltas, all_skipped=empty
-        )
+        if len(trajectories) > 1:
+            metrics = {k: merge_metric(k, v) for k, v in merged.items()}
+        payloads = self.algo.upload(adapters, global_adapter)
+        return self._finish(client_id, round_index, len(prompts), metrics, payloads, empty)
 
     def _finish(
         self,
@@ -195,14 +179,15 @@ class LocalTrainer:
         round_index: int,
         num_samples: int,
         metrics: dict[str, Any],
-        adapter: AdapterState | None = None,
-        deltas: list[AdapterState] | None = None,
+        payloads: list[AdapterState],
         all_skipped: int = 0,
     ) -> ClientUpdate:
-        """The update; ``all_skipped`` > 0: every one of that many steps of a trajectory was
-        skipped, so there is nothing to send (reported, left out of the average)."""
-        tensors = [adapter] if adapter is not None else deltas or []
-        bad = [k for k in map(first_non_finite, tensors) if k]
+        """The update (payloads as the algorithm's ``payload`` says); ``all_skipped`` > 0: every
+        one of that many steps of a trajectory was skipped, so there is nothing to send
+        (reported, left out of the average)."""
+        adapter = payloads[0] if self.algo.payload == "adapter" else None
+        deltas = payloads if self.algo.payload == "objective_deltas" else None
+        bad = [k for k in map(first_non_finite, payloads) if k]
         reason = f"non-finite adapter tensor {bad[0]!r}" if bad else ""
         if all_skipped:  # theta^t back would dilute the average: the update is left out
             reasons = metrics.get("skip_reasons") or ["unknown"]
@@ -226,7 +211,6 @@ class LocalTrainer:
         prompts: Sequence[Prompt],
         client_id: int,
         round_index: int,
-        mode: str,
         preference: torch.Tensor,
         trajectory: int = 0,
     ) -> dict[str, Any]:
@@ -239,14 +223,13 @@ class LocalTrainer:
             for step in range(self.local_steps):
                 seed = derive_seed(self.seed, client_id, round_index, trajectory, step)
                 torch.manual_seed(seed)  # LoRA dropout and anything else drawing from torch
-                self._local_step(prompts, seed, mode, preference, anchor, log)
+                self._local_step(prompts, seed, preference, anchor, log)
         return summarize(log, self.num_objectives)
 
     def _local_step(
         self,
         prompts: Sequence[Prompt],
         seed: int,
-        mode: str,
         preference: torch.Tensor,
         anchor: list[torch.Tensor] | None,
         log: dict[str, list],
@@ -282,6 +265,7 @@ class LocalTrainer:
                 return skip_step(log, str(err))
         rewards = rewards.to(device=self.device, dtype=torch.float32)
         log["rewards"].append(rewards.mean(dim=0).tolist())
+        rewards, preference = self.algo.transform_rewards(rewards, preference)
         mask = samples.completion_mask.to(torch.float32)
         if cfg.mask_truncated:
             mask = mask * (~samples.truncated)[:, None].to(mask.dtype)
@@ -309,18 +293,18 @@ class LocalTrainer:
         state = EpochState(samples, mask, adv, ref_logp, old_logp)
         for epoch in range(cfg.ppo_epochs):
             first = epoch == 0 and not self.stochastic_forward
-            grads, losses, last = self._epoch_gradients(state, first, mode, preference, timer)
+            grads, losses, last = self._epoch_gradients(state, first, preference, timer)
             log["clip_fraction"].append(float(state.clipped / state.tokens.clamp_min(1.0)))
             if not (bool(torch.isfinite(grads).all()) and bool(torch.isfinite(losses).all())):
                 return skip_step(log, "non-finite loss or gradient")
             if epoch == 0:
                 log["importance_weight"].append(float(state.mean_importance_weight()))
             with timer("solve"):
-                lam, direction, scales = self._direction(grads, mode, preference, anchor)
+                prox = self._proximal_grad(anchor)
+                lam, direction, coef = self.algo.direction(grads, losses, preference, prox)
             log["lambda"].append(lam.tolist())
             log["losses"].append(losses.tolist())
 
-            coef = lam * scales if mode == "firm" else preference
             combined = partial(self._combined_loss, last.terms, last.weights, coef, anchor)
             with timer("step"):
                 log["grad_norm"].append(self.backend.apply(direction, combined))
@@ -330,11 +314,11 @@ class LocalTrainer:
         self,
         state: EpochState,
         first_epoch: bool,
-        mode: str,
         preference: torch.Tensor,
         timer: Timer,
     ) -> tuple[torch.Tensor, torch.Tensor, SurrogateLoss]:
-        """[M, P] per-objective gradients (fixed mode: [1, P] of sum_m p_m L_m) and [M] losses
+        """[M, P] per-objective gradients (an algorithm without ``per_objective_gradients``:
+        [1, P] of sum_m p_m L_m) and [M] losses
         of one PPO epoch, accumulated exactly over micro-batches: the loss is a sum over
         sequences, so each micro-batch adds its share and nothing else is kept between them."""
         cfg = self.cfg
@@ -361,7 +345,7 @@ class LocalTrainer:
             state.clipped += last.clipped_tokens
             state.tokens += last.tokens
             weights = last.weights
-            if mode == "fixed":  # one combined objective: sum_m p_m L_m
+            if not self.algo.per_objective_gradients:  # one combined objective sum_m p_m L_m
                 weights = torch.einsum("m,mks->ks", preference.to(weights.dtype), weights)[None]
             with timer("backward"):
                 part = self.grads.compute(
@@ -403,28 +387,6 @@ class LocalTrainer:
             dtype=torch.bfloat16,
             enabled=self.cfg.mixed_precision == "bf16",
         )
-
-    def _direction(
-        self,
-        grads: torch.Tensor,
-        mode: str,
-        preference: torch.Tensor,
-        anchor: list[torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(lambda, flat direction, normalization scales) for this step, on the policy device."""
-        prox = self._proximal_grad(anchor)
-        if mode == "fixed":
-            direction = grads[0] + (prox if prox is not None else 0.0)
-            return preference, direction, torch.ones_like(preference)
-        scales = gradient_scales(grads, self.algorithm.grad_norm)
-        scaled = grads.double() * scales[:, None]
-        if prox is not None:
-            scaled = scaled + prox.double()[None]  # the proximal term is in every L_m
-        gram = scaled @ scaled.T
-        beta = effective_beta(gram, self.algorithm.beta, self.algorithm.beta_scale)
-        lam = firm_weights(gram, beta, preference)
-        direction = (lam @ scaled).to(grads.dtype)
-        return lam, direction, scales
 
     def _combined_loss(
         self,

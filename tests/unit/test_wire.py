@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load
 
+from firm_ray.algorithms import build_strategy
 from firm_ray.config import load_config
 from firm_ray.core import aggregation
-from firm_ray.federation import build_strategy
 from firm_ray.models.adapter import (
     adapter_from_bytes,
     adapter_to_buffer,
@@ -102,10 +102,10 @@ def test_read_only_payloads_are_never_written() -> None:
     config = load_config("tune_configs/quickstart.yaml", ["federation.min_clients=1"])
     strategy = build_strategy(config)
     global_state = {"a": torch.zeros(5, 3), "b": torch.zeros(7)}
-    decoded = (decode_update((h, p), False, copy=False) for h, p, _ in updates)
+    decoded = (decode_update((h, p), copy=False) for h, p, _ in updates)
     result = strategy.aggregate_round(0, global_state, decoded, [])
     for h, p, _ in updates:
-        update = decode_update((h, p), False, copy=False)
+        update = decode_update((h, p), copy=False)
         assert update.adapter is not None
         aggregation.state_distance(update.adapter, result.state)
     assert all(
