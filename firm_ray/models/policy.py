@@ -17,9 +17,8 @@ from typing import Any
 import torch
 
 from firm_ray.config import LoraConfig, ModelConfig
+from firm_ray.core.dtypes import torch_dtype
 from firm_ray.models.warmstart import BUILTIN_PREFIX, BUILTIN_WORLD, ensure_world_model
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelLoadError(RuntimeError):
@@ -71,12 +70,11 @@ def load_base_model(config: ModelConfig, device: torch.device | None = None) -> 
     from transformers import AutoModelForCausalLM
 
     source = resolve_model_path(config.name_or_path)
-    dtype = "auto" if config.dtype == "auto" else _DTYPES[config.dtype]
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source,
             revision=config.revision,
-            dtype=dtype,
+            dtype=torch_dtype(config.dtype),
             trust_remote_code=config.trust_remote_code,
         )
     except (OSError, ValueError) as err:
@@ -138,6 +136,7 @@ class Policy:
     device: torch.device
     eos_token_ids: tuple[int, ...] = ()
     generation_overrides: dict[str, Any] = field(default_factory=dict)
+    freeze_a: bool = False  # lora.freeze_a: the A matrices stay at their seeded init
 
     @property
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -146,8 +145,12 @@ class Policy:
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
         """pi_ref: the same weights with the adapter switched off (no second model copy)."""
-        with self.model.disable_adapter():
-            yield
+        try:
+            with self.model.disable_adapter():
+                yield
+        finally:
+            if self.freeze_a:  # peft re-enabling the adapter marks its weights trainable again
+                freeze_lora_a(self.model)
 
     def format_prompts(self, prompts: Sequence[str]) -> list[str]:
         """Prompts as the model expects them: its chat template when it has one."""
@@ -171,8 +174,56 @@ def load_policy(model_config: ModelConfig, lora_config: LoraConfig, seed: int = 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = get_peft_model(base, lora_config_for(base, lora_config))
+    if lora_config.freeze_a:
+        freeze_lora_a(model)
     model.eval()
-    return _policy(model, tokenizer, device)
+    policy = _policy(model, tokenizer, device)
+    policy.freeze_a = lora_config.freeze_a
+    return policy
+
+
+# LoRA's A matrices in peft's layers: Linear / Conv (lora_A) and Embedding (lora_embedding_A).
+_LORA_A_NAMES = ("lora_A", "lora_embedding_A")
+
+
+def freeze_lora_a(model: Any) -> int:
+    """FFA-LoRA (Sun et al. 2024): every LoRA A matrix keeps its seeded value (requires_grad
+    False), so only B (and LoRA biases, per lora.bias) train; returns the number of tensors
+    frozen. peft 0.21 has no such option (its "mica" init freezes B, not A).
+
+    Every client starts a round from the global adapter, so A is the same on every client and
+    the server's average of the B matrices is exactly the average of the updates B A. Where
+    peft supports it (``frozen_peft_weight_names``), A is also registered as frozen so peft's own
+    ``set_adapter`` (e.g. when ``disable_adapter()`` ends) leaves it frozen;
+    :meth:`Policy.reference` re-freezes for older peft versions.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    frozen = 0
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for layer_name in _LORA_A_NAMES:
+            for adapter in getattr(module, layer_name, {}):
+                for param in _adapter_params(getattr(module, layer_name)[adapter]):
+                    param.requires_grad_(False)
+                    frozen += 1
+                registry = getattr(module, "frozen_peft_weight_names", None)
+                if isinstance(registry, dict):
+                    names = registry.get(adapter, ())
+                    if layer_name not in names:  # a new dict: the class attribute is shared
+                        module.frozen_peft_weight_names = {
+                            **registry,
+                            adapter: (*names, layer_name),
+                        }
+    return frozen
+
+
+def _adapter_params(item: Any) -> list[torch.nn.Parameter]:
+    """The parameters of one adapter's entry: a module (lora_A) or a Parameter (embeddings)."""
+    if isinstance(item, torch.nn.Parameter):
+        return [item]
+    return list(item.parameters())
 
 
 def load_trained_policy(

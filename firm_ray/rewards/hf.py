@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
+from firm_ray.core.dtypes import DTYPE_NAMES, torch_dtype
 from firm_ray.rewards.base import Reward, RewardError
 
 __all__ = ["FORMATS", "HFRewardModel", "load_reward_model"]
 
 FORMATS = ("chat_template", "concat", "pair")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @functools.cache
@@ -49,10 +49,9 @@ def load_reward_model(
     except Exception as exc:
         raise RewardError(f"cannot load tokenizer {tok_path!r}: {exc}") from exc
     dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    torch_dtype: Any = "auto" if dtype == "auto" else DTYPES[dtype]
     try:
         net = AutoModelForSequenceClassification.from_pretrained(
-            model, local_files_only=Path(model).is_dir(), **{dtype_kw: torch_dtype}, **common
+            model, local_files_only=Path(model).is_dir(), **{dtype_kw: torch_dtype(dtype)}, **common
         )
     except Exception as exc:
         raise RewardError(f"cannot load reward model {model!r}: {exc}") from exc
@@ -97,10 +96,10 @@ class HFRewardModel(Reward):
             raise RewardError(
                 f"reward {name!r}: kwargs.format = {format!r}: must be one of {', '.join(FORMATS)}"
             )
-        if dtype != "auto" and dtype not in DTYPES:
+        if dtype not in DTYPE_NAMES:
             raise RewardError(
-                f"reward {name!r}: kwargs.dtype = {dtype!r}: must be one of auto, "
-                + ", ".join(DTYPES)
+                f"reward {name!r}: kwargs.dtype = {dtype!r}: must be one of "
+                + ", ".join(DTYPE_NAMES)
             )
         self.model_path, self.format, self.separator = model, format, separator
         self.batch_size, self.device, self.max_length = batch_size, device, max_length

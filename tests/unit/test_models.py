@@ -345,3 +345,28 @@ def test_saved_adapter_config_is_the_same_bytes_in_every_process(tmp_path) -> No
     assert json.loads(configs.pop())["target_modules"] == sorted(
         ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]
     )
+
+
+def test_one_dtype_map_for_policies_and_reward_models(tmp_path) -> None:
+    """model.dtype and an hf_reward_model's kwargs.dtype accept the same names (one map)."""
+    import typing
+
+    from firm_ray.core.dtypes import DTYPE_NAMES, TORCH_DTYPES, torch_dtype
+    from firm_ray.rewards.base import RewardError
+    from firm_ray.rewards.hf import HFRewardModel
+
+    schema = typing.get_args(ModelConfig.model_fields["dtype"].annotation)
+    assert set(schema) == set(DTYPE_NAMES)
+    assert torch_dtype("auto") == "auto" and torch_dtype("bfloat16") is torch.bfloat16
+    with pytest.raises(ValueError, match="must be one of auto, float32, bfloat16, float16"):
+        torch_dtype("float8")
+    with pytest.raises(
+        RewardError, match=r"kwargs\.dtype = 'float8': must be one of auto, float32"
+    ):
+        HFRewardModel("rm", model=str(tmp_path), dtype="float8")
+    _save_tiny_llama(tmp_path)
+    for name, dtype in TORCH_DTYPES.items():
+        config = ModelConfig(name_or_path=str(tmp_path / "llama"), dtype=name, device="cpu")
+        policy = load_policy(config, LoraConfig(r=2), seed=0)
+        base = policy.model.get_base_model()
+        assert base.model.embed_tokens.weight.dtype is dtype
