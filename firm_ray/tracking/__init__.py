@@ -2,12 +2,15 @@
 
 - :mod:`firm_ray.tracking.jsonl`: the :class:`Tracker` protocol; :class:`JsonlTracker` (the run
   directory's files, crash-safe), :class:`NullTracker`, :class:`MultiTracker`; readers.
-- :mod:`firm_ray.tracking.report`: the artifact schema, ``build_summary``, ``make_plots``,
-  ``summary_table`` / ``print_report``.
-- :mod:`firm_ray.tracking.sweep_report`: a sweep directory's trial table, Pareto front and
-  plots (``collect_trials``, ``build_sweep_report``, ``print_sweep_report``).
+- :mod:`firm_ray.tracking.summary`: the run directory's schema, ``build_summary``,
+  ``load_summary``; :mod:`firm_ray.tracking.plots`: ``make_plots``;
+  :mod:`firm_ray.tracking.report`: ``summary_table`` / ``print_report``.
+- A sweep directory: :mod:`~firm_ray.tracking.sweep_trials` (``collect_trials``),
+  :mod:`~firm_ray.tracking.sweep_analysis` (Pareto front, hypervolumes),
+  :mod:`~firm_ray.tracking.sweep_plots`, :mod:`~firm_ray.tracking.sweep_report`
+  (``build_sweep_report``, ``print_sweep_report``).
 - :mod:`firm_ray.tracking.wandb_tracker`: ``make_tracker`` (metrics.jsonl, plus W&B when
-  enabled), ``WandbTracker``, ``log_sweep_summary``, ``read_offline_run``.
+  enabled), ``WandbTracker``; :mod:`firm_ray.tracking.wandb_sweep`: ``log_sweep_summary``.
 
 W&B is imported lazily by its own tracker, never here.
 """
@@ -23,23 +26,12 @@ from firm_ray.tracking.jsonl import (
     read_metrics,
     read_summary,
 )
-from firm_ray.tracking.report import (
-    METRICS_KEYS,
-    SUMMARY_KEYS,
-    build_summary,
-    load_summary,
-    make_plots,
-    print_report,
-    summary_table,
-)
-from firm_ray.tracking.sweep_report import (
-    PARETO_KEYS,
-    TRIAL_COLUMNS,
-    build_sweep_report,
-    collect_trials,
-    is_sweep_dir,
-    print_sweep_report,
-)
+from firm_ray.tracking.plots import make_plots
+from firm_ray.tracking.report import print_report, summary_table
+from firm_ray.tracking.summary import METRICS_KEYS, SUMMARY_KEYS, build_summary, load_summary
+from firm_ray.tracking.sweep_analysis import PARETO_KEYS
+from firm_ray.tracking.sweep_report import build_sweep_report, print_sweep_report
+from firm_ray.tracking.sweep_trials import TRIAL_COLUMNS, collect_trials, is_sweep_dir
 from firm_ray.tracking.wandb_tracker import make_tracker
 
 __all__ = [

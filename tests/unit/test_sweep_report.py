@@ -26,7 +26,7 @@ from firm_ray.tracking import (
     print_sweep_report,
 )
 from firm_ray.tracking.jsonl import write_json_atomic
-from firm_ray.tracking.sweep_report import _seed_groups, _staircase
+from firm_ray.tracking.sweep_plots import _seed_groups, _staircase
 
 NAMES2 = ["relevance", "harmlessness"]
 NAMES3 = ["relevance", "harmlessness", "sentiment"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -91,9 +92,19 @@ def synthetic_rows(num_objectives: int, rounds: int = 8, seed: int = 0) -> list[
                     "reruns": [clients[0]] if rnd == 5 else [],
                     "events": ["worker 1 died: ActorDiedError"] if rnd == 5 else [],
                 },
+                # issue 15's cross-algorithm metrics (no rng: the draws above stay as they were)
+                "update_cosine": 0.5 - 0.05 * rnd if len(ok) > 1 else None,
+                "update_coherence": 0.75 - 0.02 * rnd if len(ok) > 1 else None,
+                "pareto_stationarity": 1.0 / (rnd + 1) if evaluated else None,
             }
         )
     return rows
+
+
+def without_conflict_keys(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows as a run written before issue 15 logged them."""
+    keys = ("update_cosine", "update_coherence", "pareto_stationarity")
+    return [{k: v for k, v in row.items() if k not in keys} for row in rows]
 
 
 def write_run(run_dir: Path, num_objectives: int, rounds: int = 8) -> list[dict[str, Any]]:
@@ -276,7 +287,8 @@ def test_summary_smoothness_matches_core_on_synthetic_run(tmp_path: Path) -> Non
 def test_plots_are_valid_pngs(tmp_path: Path, num_objectives: int) -> None:
     write_run(tmp_path, num_objectives)
     paths = make_plots(tmp_path)
-    assert [p.name for p in paths] == ["rewards.png", "lambdas.png", "disagreement.png"]
+    names = ["rewards.png", "lambdas.png", "disagreement.png", "conflict.png"]
+    assert [p.name for p in paths] == names
     for path in paths:
         assert path.parent == tmp_path / "plots"
         data = path.read_bytes()
@@ -368,3 +380,54 @@ def test_summary_counts_faults_no_row_holds(tmp_path: Path) -> None:
         tmp_path, rows, "firm", 0, None, 1.0, "completed", pending_faults=pending
     )
     assert summary["faults"]["aggregator_restarts"] == 1
+
+
+def test_summary_of_the_update_conflict_and_stationarity_metrics(tmp_path: Path) -> None:
+    rows = write_run(tmp_path, 2)
+    summary = read_summary(tmp_path)
+    cosines = [r["update_cosine"] for r in rows if r["update_cosine"] is not None]
+    coherences = [r["update_coherence"] for r in rows if r["update_coherence"] is not None]
+    assert len(cosines) == 8  # every round has >= 2 accepted clients
+    assert summary["mean_update_cosine"] == pytest.approx(np.mean(cosines))
+    assert summary["mean_update_coherence"] == pytest.approx(np.mean(coherences))
+    assert summary["final_pareto_stationarity"] == pytest.approx(1.0 / 8)  # round 7, evaluated
+    # Nulls (fewer than 2 clients, a round not evaluated) are skipped, not counted as 0.
+    gappy = [
+        {**rows[0], "update_cosine": None, "pareto_stationarity": 0.5},
+        {**rows[1], "update_cosine": -0.25, "pareto_stationarity": None},
+        {**rows[2], "update_cosine": float("nan"), "pareto_stationarity": None},
+    ]
+    got = build_summary(tmp_path, gappy, "fmgda", 0, None, 1.0, "completed")
+    assert got["mean_update_cosine"] == -0.25
+    assert got["final_pareto_stationarity"] == 0.5  # the last non-null one
+
+
+def test_runs_written_before_the_conflict_metrics_still_report(tmp_path: Path) -> None:
+    old = without_conflict_keys(synthetic_rows(2))
+    summary = build_summary(tmp_path, old, "firm", 0, [0.1, 0.1], 1.0, "completed")
+    assert summary["mean_update_cosine"] is None
+    assert summary["mean_update_coherence"] is None
+    assert summary["final_pareto_stationarity"] is None
+    with JsonlTracker(tmp_path) as tracker:
+        for row in old:
+            tracker.log_round(row["round"], {k: v for k, v in row.items() if k != "round"})
+        tracker.log_summary(summary)
+    names = [p.name for p in make_plots(tmp_path)]
+    assert names == ["rewards.png", "lambdas.png", "disagreement.png"]  # no conflict.png
+    console = Console(record=True, width=200)
+    print_report(tmp_path, console)
+    text = console.export_text()
+    assert "update cosine" not in text and "stationarity" not in text
+
+
+def test_report_shows_the_conflict_metrics(tmp_path: Path) -> None:
+    write_run(tmp_path, 3)
+    make_plots(tmp_path)
+    console = Console(record=True, width=200)
+    print_report(tmp_path, console)
+    text = console.export_text()
+    summary = read_summary(tmp_path)
+    value = f"{summary['mean_update_cosine']:.4g}"
+    assert re.search(rf"mean update cosine\s*│\s*{re.escape(value)}\s", text), text
+    assert "mean update coherence" in text and "final Pareto stationarity" in text
+    assert "conflict.png" in text
