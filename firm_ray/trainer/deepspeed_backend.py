@@ -54,6 +54,7 @@ from typing import Any
 import torch
 
 from firm_ray.config import TrainerConfig
+from firm_ray.trainer.backends import resolve_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ CHECK_ENV = "FIRM_RAY_DEEPSPEED_CHECK"
 # torch.optim.AdamW's defaults: what the torch backend uses.
 _BETAS = (0.9, 0.999)
 _EPS = 1e-8
+_TORCH_NAMES = {"adamw": "AdamW", "sgd": "SGD"}
+_ADAM_ONLY_KEYS = ("betas", "eps", "torch_adam", "adam_w_mode", "amsgrad", "bias_correction")
 
 
 class DeepSpeedConfigError(ValueError):
@@ -116,59 +119,100 @@ def _differs(a: Any, b: Any) -> bool:
         return a != b
 
 
+def _sgd_optimizer(
+    opt_type: Any, params: dict[str, Any], cfg: TrainerConfig, lr: float, source: str
+) -> tuple[str, dict[str, Any]]:
+    """The DeepSpeed optimizer type and params of an SGD client: DeepSpeed builds any type it
+    does not know from torch.optim by name, so "SGD" is torch.optim.SGD. A file that names
+    another optimizer, or sets an Adam-only key, contradicts the client's optimizer: an error,
+    since its "auto" values (the learning rate) would belong to the other optimizer."""
+    if not _is_auto(opt_type) and str(opt_type).lower() != "sgd":
+        raise DeepSpeedConfigError(
+            f"{source}: optimizer.type = {opt_type!r} but the client optimizer is 'sgd' "
+            f"(trainer.optimizer = {cfg.optimizer!r}, None = the algorithm's default); set "
+            "optimizer.type to 'auto' or 'SGD', or set trainer.optimizer"
+        )
+    out = {}
+    for key, value in params.items():
+        if key in _ADAM_ONLY_KEYS:
+            if not _is_auto(value):
+                raise DeepSpeedConfigError(
+                    f"{source}: optimizer.params.{key} = {value!r} is an Adam setting but the "
+                    "client optimizer is 'sgd'; remove it or set it to 'auto'"
+                )
+            continue  # "auto" Adam-only keys of a shared file: nothing to fill for SGD
+        out[key] = value
+    return "SGD", out
+
+
 def resolve_config(
-    raw: Mapping[str, Any], cfg: TrainerConfig, on_gpu: bool, source: str = "the DeepSpeed config"
+    raw: Mapping[str, Any],
+    cfg: TrainerConfig,
+    on_gpu: bool,
+    source: str = "the DeepSpeed config",
+    algorithm_default: str = "adamw",
 ) -> dict[str, Any]:
     """Complete a DeepSpeed config from ``cfg`` so both backends optimize the same thing.
 
-    Filled where missing or ``"auto"`` (like Hugging Face's integration): AdamW with
-    ``lr = trainer.learning_rate``, ``weight_decay = trainer.weight_decay``, torch's betas
-    (0.9, 0.999) and eps 1e-8, ``torch_adam: true``; ``gradient_clipping = trainer.max_grad_norm``
-    (0 = off); micro batch 1, no gradient accumulation; fp32 unless a GPU is present and the
-    file enables bf16/fp16. Other explicit values win, with a warning when they contradict the
-    trainer config. Structural requirements (one optimizer step per backward, ZeRO stage <= 2)
-    raise :class:`DeepSpeedConfigError`. Keys starting with ``_`` (comments) are dropped.
+    The optimizer is the torch backend's (:func:`firm_ray.trainer.backends.resolve_optimizer`:
+    ``trainer.optimizer``, or ``algorithm_default`` when None). Filled where missing or
+    ``"auto"`` (like Hugging Face's integration): for adamw, AdamW with ``lr``, ``weight_decay =
+    trainer.weight_decay``, torch's betas (0.9, 0.999) and eps 1e-8, ``torch_adam: true``; for
+    sgd, torch.optim.SGD with ``lr``, ``momentum = trainer.momentum`` and ``weight_decay`` (the
+    Adam-only keys set to "auto" are dropped; under ZeRO 1/2 ``zero_allow_untested_optimizer``
+    is set, which DeepSpeed requires for torch's SGD); ``gradient_clipping =
+    trainer.max_grad_norm`` (0 = off); micro batch 1, no gradient accumulation; fp32 unless a GPU
+    is present and the file enables bf16/fp16. Other explicit values win, with a warning when
+    they contradict the trainer config. Structural requirements (one optimizer step per
+    backward, ZeRO stage <= 2) and an optimizer type or Adam-only key contradicting an SGD
+    client raise :class:`DeepSpeedConfigError`. Keys starting with ``_`` (comments) are dropped.
     """
+    name, lr = resolve_optimizer(cfg, algorithm_default)
     out: dict[str, Any] = {k: v for k, v in raw.items() if not str(k).startswith("_")}
 
     def contradict(key: str, value: Any, ours: Any) -> None:
         warnings.warn(
             f"{source}: {key} = {value!r} differs from the torch backend's {ours!r} (from the "
-            "trainer config or torch's AdamW defaults); the file's value is used, so the "
-            "deepspeed and torch backends no longer optimize the same thing",
+            f"trainer config or torch's {_TORCH_NAMES[name]} defaults); the file's value is used, "
+            "so the deepspeed and torch backends no longer optimize the same thing",
             stacklevel=3,
         )
 
-    # optimizer: AdamW with the trainer's hyper-parameters
     optimizer = out.get("optimizer") or {}
     if not isinstance(optimizer, Mapping):
         raise DeepSpeedConfigError(f"{source}: optimizer must be an object, got {optimizer!r}")
     optimizer = dict(optimizer)
     params = dict(optimizer.get("params") or {})
-    opt_type = optimizer.get("type", "auto")
-    if _is_auto(opt_type):
-        opt_type = "AdamW"
-    # DeepSpeed's "Adam" is AdamW (decoupled weight decay) unless adam_w_mode is false
-    is_adamw = str(opt_type).lower() == "adamw" or (
-        str(opt_type).lower() == "adam" and params.get("adam_w_mode", True) is not False
-    )
-    if not is_adamw:
-        contradict("optimizer.type", opt_type, "AdamW")
-    ours = {
-        "lr": cfg.learning_rate or 5e-4,
-        "weight_decay": cfg.weight_decay,
-        "betas": list(_BETAS),
-        "eps": _EPS,
-    }
+    if name == "sgd":
+        opt_type, params = _sgd_optimizer(optimizer.get("type", "auto"), params, cfg, lr, source)
+        ours: dict[str, Any] = {
+            "lr": lr,
+            "momentum": cfg.momentum,
+            "weight_decay": cfg.weight_decay,
+        }
+    else:
+        opt_type = optimizer.get("type", "auto")
+        if _is_auto(opt_type):
+            opt_type = "AdamW"
+        # DeepSpeed's "Adam" is AdamW (decoupled weight decay) unless adam_w_mode is false
+        is_adamw = str(opt_type).lower() == "adamw" or (
+            str(opt_type).lower() == "adam" and params.get("adam_w_mode", True) is not False
+        )
+        if not is_adamw:
+            contradict("optimizer.type", opt_type, "AdamW")
+        ours = {"lr": lr, "weight_decay": cfg.weight_decay, "betas": list(_BETAS), "eps": _EPS}
     for key, value in ours.items():
         if key not in params or _is_auto(params[key]):
             params[key] = value
         elif _differs(params[key], value):
             contradict(f"optimizer.params.{key}", params[key], value)
-    if "torch_adam" not in params or _is_auto(params["torch_adam"]):
-        params["torch_adam"] = True
-    elif not params["torch_adam"]:
-        log.info("%s: torch_adam is false: DeepSpeed JIT-builds its Adam op on first use", source)
+    if name == "adamw":
+        if "torch_adam" not in params or _is_auto(params["torch_adam"]):
+            params["torch_adam"] = True
+        elif not params["torch_adam"]:
+            log.info(
+                "%s: torch_adam is false: DeepSpeed JIT-builds its Adam op on first use", source
+            )
     out["optimizer"] = {**optimizer, "type": opt_type, "params": params}
     if "scheduler" in out:
         scheduler = out["scheduler"]
@@ -234,6 +278,10 @@ def resolve_config(
         if _is_auto(value):
             del zero[key]  # DeepSpeed's default
     out["zero_optimization"] = zero
+    if name == "sgd" and stage > 0:
+        # torch.optim.SGD is not on ZeRO's list of tested optimizers; one rank steps it on the
+        # fp32 master partition like any elementwise optimizer (tested: test_knobs.py)
+        out.setdefault("zero_allow_untested_optimizer", True)
     out.setdefault("steps_per_print", 2**62)  # DeepSpeed's progress lines: effectively off
     out.setdefault("wall_clock_breakdown", False)
     return out
@@ -382,6 +430,7 @@ class DeepSpeedBackend:
         params: Sequence[torch.nn.Parameter],
         cfg: TrainerConfig,
         check_grads: bool | None = None,
+        algorithm_default: str = "adamw",
     ) -> None:
         if cfg.deepspeed_config is None:
             raise DeepSpeedConfigError(
@@ -397,8 +446,13 @@ class DeepSpeedBackend:
         device = self.params[0].device
         raw = load_config_file(cfg.deepspeed_config)
         self.ds_config = resolve_config(
-            raw, cfg, on_gpu=device.type == "cuda", source=f"{cfg.deepspeed_config}"
+            raw,
+            cfg,
+            on_gpu=device.type == "cuda",
+            source=f"{cfg.deepspeed_config}",
+            algorithm_default=algorithm_default,
         )
+        self.optimizer_name, self.learning_rate = resolve_optimizer(cfg, algorithm_default)
         deepspeed = _import_deepspeed(device)
         init_single_rank(deepspeed, device)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -420,7 +474,8 @@ class DeepSpeedBackend:
         return self._forward
 
     def reset(self) -> None:
-        """Fresh AdamW state, and the fp32 master weights re-read from the model parameters."""
+        """Fresh optimizer state (AdamW moments and step counters, or SGD's momentum buffer),
+        and the fp32 master weights re-read from the model parameters."""
         optimizer = self.engine.optimizer
         base = getattr(optimizer, "optimizer", optimizer)  # ZeRO / mixed-precision wrappers
         base.state.clear()

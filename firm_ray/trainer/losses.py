@@ -10,7 +10,9 @@ where clipped_ratio is min(ratio, 1 + eps) for a positive advantage and max(rati
 a negative one (PPO's pessimistic clip). Both shapes are shared by all objectives, so the loss
 is sum_k sum_s w[m, k, s] sum_t terms[k, s, t] with K = 2 terms (K = 1 on the first PPO epoch,
 where ratio == 1 and both shapes coincide), plus GRPO's per-token k3 KL term when
-``kl_mode == "loss"``. With ``kl_mode == "reward"`` (default) the KL enters the advantages.
+``kl_mode == "loss"``. With ``kl_mode`` ``"reward"`` (default: subtracted from the raw rewards)
+or ``"advantage"`` (subtracted from the advantages) the KL enters A_m through
+:func:`objective_advantages`, the one place the penalty is placed.
 """
 
 from __future__ import annotations
@@ -105,33 +107,91 @@ def _chunk_logprobs(
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+ADVANTAGE_MODES = ("group", "batch", "group_mean", "batch_mean")
+KL_MODES = ("reward", "advantage", "loss")
+
+
 def advantages(
-    rewards: torch.Tensor, group_size: int, mode: str = "group", eps: float = _EPS
+    rewards: torch.Tensor,
+    group_size: int,
+    mode: str = "group",
+    eps: float = _EPS,
+    unbiased: bool = False,
 ) -> torch.Tensor:
-    """[S, M] per-objective advantages from [S, M] rewards.
+    """[S, M] per-objective advantages from [S, M] rewards (rows: G completions per prompt).
 
     ``group``: (r - mean of the prompt's G completions) / (their std + eps), per objective
-    (GRPO). ``batch``: whitened over the whole batch. A group whose rewards are all equal gives
-    zero advantage (nothing to learn from it), never NaN.
+    (GRPO, Shao et al. 2024). ``batch``: (r - batch mean) / (batch std + eps). ``group_mean`` /
+    ``batch_mean``: r - group / batch mean, not divided by a std (Dr. GRPO, Liu et al. 2025), so
+    each objective's reward scale reaches its gradient; ``group_mean`` is exactly TRL's
+    ``scale_rewards="none"`` (trl 1.16 GRPOTrainer._generate_and_score_completions:
+    ``advantages = rewards - mean_grouped_rewards``).
+
+    Against TRL 1.16's standardized forms: ``group`` equals TRL's ``scale_rewards="group"`` with
+    ``eps=1e-4, unbiased=True`` (TRL divides by the Bessel-corrected std + 1e-4); the defaults
+    here (population std, eps 1e-6) are the ones firm_ray always used, kept so earlier runs
+    reproduce. They make every advantage sqrt(G/(G-1)) times TRL's (x 1.15 at G = 4), for
+    every objective alike. TRL's ``"batch"`` centres on the GROUP mean and divides by the
+    batch std; ``batch`` here is whitened over the batch (batch mean), as before.
+    A group whose rewards are all equal gives zero advantage (nothing to learn from it), never NaN.
     """
-    if mode == "group":
+    if mode in ("group", "group_mean"):
         grouped = rewards.reshape(-1, group_size, rewards.shape[-1])
-        mean = grouped.mean(dim=1, keepdim=True)
-        std = grouped.std(dim=1, keepdim=True, unbiased=False)
-        return ((grouped - mean) / (std + eps)).reshape(rewards.shape)
-    if mode == "batch":
-        mean = rewards.mean(dim=0, keepdim=True)
-        std = rewards.std(dim=0, keepdim=True, unbiased=False)
-        return (rewards - mean) / (std + eps)
-    raise ValueError(f"advantage = {mode!r}: must be 'group' or 'batch'")
+        centred = grouped - grouped.mean(dim=1, keepdim=True)
+        if mode == "group":
+            centred = centred / (grouped.std(dim=1, keepdim=True, unbiased=unbiased) + eps)
+        return centred.reshape(rewards.shape)
+    if mode in ("batch", "batch_mean"):
+        centred = rewards - rewards.mean(dim=0, keepdim=True)
+        if mode == "batch":
+            centred = centred / (rewards.std(dim=0, keepdim=True, unbiased=unbiased) + eps)
+        return centred
+    raise ValueError(f"advantage = {mode!r}: must be one of {', '.join(ADVANTAGE_MODES)}")
 
 
 def baseline_centered(values: torch.Tensor, group_size: int, mode: str = "group") -> torch.Tensor:
-    """[S] values minus their group (or batch) mean: the KL penalty's advantage."""
-    if mode == "group":
+    """[S] values minus their group (``group*`` modes) or batch mean: the KL penalty's advantage
+    with ``kl_mode == "advantage"``."""
+    if mode.startswith("group"):
         grouped = values.reshape(-1, group_size)
         return (grouped - grouped.mean(dim=1, keepdim=True)).reshape(values.shape)
     return values - values.mean()
+
+
+def objective_advantages(
+    rewards: torch.Tensor,
+    kl: torch.Tensor | None,
+    group_size: int,
+    advantage_mode: str,
+    kl_coef: float,
+    kl_mode: str,
+) -> torch.Tensor:
+    """[S, M] advantages of a local step, with the KL penalty placed by ``kl_mode``.
+
+    Args:
+        rewards: [S, M] raw rewards, S = prompts x group_size.
+        kl: [S] sequence log-ratio to the reference (:func:`sequence_kl`), or None (no penalty).
+        kl_mode: ``"reward"``: DESIGN.md's J_m = E[r_m] - kl_coef * KL, i.e. the advantage of
+            r_m - kl_coef * kl for every objective m, so kl_coef is in reward units (with the
+            ``*_mean`` modes exactly: scaling rewards and kl_coef by c scales the advantage by c;
+            with the standardized modes the std then includes the KL's spread, and an objective
+            whose rewards are flat in a group gets the standardized -KL as its advantage).
+            ``"advantage"``: the form before issue 15: advantage(r_m) - kl_coef * (kl minus its
+            group / batch mean), kl_coef in advantage units. ``"loss"``: the advantage of r_m
+            alone; the KL is GRPO's k3 term in :func:`surrogate_loss`.
+    """
+    if kl_mode not in KL_MODES:
+        raise ValueError(f"kl_mode = {kl_mode!r}: must be one of {', '.join(KL_MODES)}")
+    penalize = kl is not None and kl_coef > 0
+    if penalize and kl_mode == "reward":
+        return advantages(
+            rewards - kl_coef * kl[:, None].to(rewards.dtype), group_size, advantage_mode
+        )
+    adv = advantages(rewards, group_size, advantage_mode)
+    if penalize and kl_mode == "advantage":
+        penalty = baseline_centered(kl, group_size, advantage_mode)
+        adv = adv - kl_coef * penalty[:, None]
+    return adv
 
 
 @dataclass
