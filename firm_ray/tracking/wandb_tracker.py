@@ -1,16 +1,12 @@
-"""Weights & Biases tracker, the sweep-summary run, and a reader for offline W&B runs.
+"""The Weights & Biases run tracker: ``WandbTracker`` and ``make_tracker``.
 
 ``wandb`` is imported inside functions only: ``import firm_ray.tracking`` must stay light (and
 work where wandb is not installed), and only a run that switches W&B on pays for it.
 
 Design choices:
 
-- **Never a login prompt.** ``offline`` and ``disabled`` need no account. ``online`` without
-  credentials (``WANDB_API_KEY``, netrc, settings file) falls back to ``offline`` with a warning
-  instead of prompting, and so does an ``online`` ``wandb.init`` that fails (no network): a
-  tracker must not stop a training run. ``WANDB_MODE=offline|disabled`` in the environment wins
-  over a less restrictive config, so a CI job or a test session keeps W&B off the network
-  without editing configs.
+- **Never a login prompt**, and W&B never stops a training run: see
+  :mod:`firm_ray.tracking.wandb_common` (modes, ``wandb.init``).
 - **One run handle per tracker** (``reinit="create_new"``): the tracker logs only through its
   own ``Run`` object and never finishes a run it did not start (a notebook user's run, a sweep
   summary run).
@@ -26,17 +22,13 @@ Design choices:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import secrets
 import string
-import struct
-import time
 import warnings
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +41,18 @@ from firm_ray.tracking.jsonl import (
     to_jsonable,
     write_text_atomic,
 )
+from firm_ray.tracking.wandb_common import effective_mode, init_run, usable_mode
+from firm_ray.tracking.wandb_sweep import log_sweep_summary
 
 __all__ = [
     "RUN_ID_FILE",
     "WandbTracker",
     "log_sweep_summary",
     "make_tracker",
-    "read_offline_run",
 ]
 
 RUN_ID_FILE = "wandb_run_id.txt"
 TABLE_KEY = "client_lambdas"
-_MODES = ("disabled", "offline", "online")  # most restrictive first
 _ID_CHARS = string.ascii_lowercase + string.digits
 _STEP_KEYS = {
     "local_steps": "steps/local",
@@ -71,6 +63,12 @@ _STEP_KEYS = {
     "importance_weight": "importance_weight",
 }
 """metrics row key -> W&B history key of the local-step metrics."""
+_CONFLICT_KEYS = {
+    "update_cosine": "conflict/update_cosine",
+    "update_coherence": "conflict/update_coherence",
+    "pareto_stationarity": "eval/pareto_stationarity",
+}
+"""metrics row key -> W&B history key of the metrics that compare across algorithms."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,67 +105,6 @@ def _put_dict(out: dict[str, Any], prefix: str, values: Any) -> None:
     for key, value in values.items():
         if (v := _finite(value)) is not None:
             out[f"{prefix}/{key}"] = v
-
-
-def _effective_mode(mode: str) -> str:
-    """The config's mode, unless ``WANDB_MODE`` in the environment is more restrictive."""
-    if mode not in _MODES:
-        raise ValueError(f"wandb mode must be one of {_MODES}, got {mode!r}")
-    env = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env == "dryrun":
-        env = "offline"
-    if env in _MODES and _MODES.index(env) < _MODES.index(mode):
-        return env
-    return mode
-
-
-def _usable_mode(mode: str) -> str:
-    """``online`` only when credentials exist (checked without prompting or any network call);
-    otherwise ``offline`` with a warning, so wandb.init never shows a login prompt."""
-    mode = _effective_mode(mode)
-    if mode != "online":
-        return mode
-    import wandb
-
-    try:
-        logged_in = bool(wandb.login(prompt=False, verify=False))
-    except Exception:  # a malformed key or settings file: same answer, no credentials
-        logged_in = False
-    if not logged_in:
-        warnings.warn(
-            "W&B mode 'online' but no W&B credentials (WANDB_API_KEY, ~/.netrc or `wandb "
-            "login`): logging offline instead; upload later with `wandb sync`",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return "offline"
-    return mode
-
-
-def _init_run(mode: str, **kwargs: Any) -> Any:
-    """``wandb.init`` with this module's fixed choices; an online start that fails (network,
-    server) is retried offline rather than stopping the training run."""
-    import wandb
-
-    def init(m: str) -> Any:
-        return wandb.init(
-            mode=m,  # type: ignore[arg-type]
-            reinit="create_new",
-            settings=wandb.Settings(quiet=True),
-            **kwargs,
-        )
-
-    if mode != "online":
-        return init(mode)
-    try:
-        return init(mode)
-    except Exception as exc:
-        warnings.warn(
-            f"W&B online start failed ({type(exc).__name__}: {exc}); logging offline instead",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return init("offline")
 
 
 def _new_run_id() -> str:
@@ -235,7 +172,7 @@ class WandbTracker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.settings = dict(settings)
         self.name = name
-        self.mode = _usable_mode(str(self.settings.get("mode", "offline")))
+        self.mode = usable_mode(str(self.settings.get("mode", "offline")))
 
         id_file = self.run_dir / RUN_ID_FILE
         run_id = None
@@ -246,7 +183,7 @@ class WandbTracker:
         if self.mode != "disabled":
             write_text_atomic(id_file, run_id + "\n")
 
-        self.run = _init_run(
+        self.run = init_run(
             self.mode,
             project=self.settings.get("project") or "firm-ray",
             entity=self.settings.get("entity"),
@@ -301,9 +238,9 @@ class WandbTracker:
             self._log_media()
         finally:
             exit_code = 0 if self._status not in (None, "failed") else 1
+            # Returns once wandb-core acknowledged the exit record; it writes the offline log
+            # out asynchronously, complete by the time this process exits (no need to wait).
             self.run.finish(exit_code=exit_code)
-            if self.mode != "disabled":
-                _wait_for_log(Path(self.run.settings.sync_file))
 
     def __enter__(self) -> WandbTracker:
         return self
@@ -329,6 +266,9 @@ class WandbTracker:
         for key in ("kl", "disagreement", "param_drift"):
             if (v := _finite(m.get(key))) is not None:
                 out[key] = v
+        for key, name in _CONFLICT_KEYS.items():  # absent in rows of runs before issue 15
+            if (v := _finite(m.get(key))) is not None:
+                out[name] = v
         for key in ("bytes_up", "bytes_down"):
             sizes = [v for v in (m.get(key) or {}).values() if _finite(v) is not None]
             if sizes:
@@ -476,7 +416,7 @@ def make_tracker(
     run_dir = Path(run_dir)
     trackers: list[Tracker] = [JsonlTracker(run_dir, resume_from_round=resume_from_round)]
     settings = dict((config.get("tracking") or {}).get("wandb") or {})
-    mode = _effective_mode(str(settings.get("mode", "offline")))
+    mode = effective_mode(str(settings.get("mode", "offline")))
     if settings.get("enabled") and mode != "disabled":
         try:
             trackers.append(
@@ -493,293 +433,3 @@ def make_tracker(
             trackers[0].close()
             raise
     return MultiTracker(trackers)
-
-
-_TRIAL_COLUMNS = (  # shown first when present; then final/<name>; then the rest
-    "trial_id",
-    "algorithm",
-    "beta",
-    "preference",
-    "seed",
-    "status",
-)
-_TRIAL_COLUMNS_AFTER = ("pareto", "on_front", "hypervolume", "mean_disagreement")
-
-
-def _trial_table(
-    trials: Sequence[Mapping[str, Any]], reward_names: Sequence[str]
-) -> tuple[list[str], list[list[Any]]]:
-    """Columns and rows of the trials table: the known columns first (those present), then
-    the others in first-seen order. Lists and dicts become JSON strings, non-finite numbers
-    None, and a column whose values mix types (W&B rejects that) is written as strings."""
-    seen: dict[str, None] = {}
-    for trial in trials:
-        seen.update(dict.fromkeys(str(k) for k in trial))
-    finals = [f"final/{n}" for n in reward_names]
-    columns = [c for c in (*_TRIAL_COLUMNS, *finals, *_TRIAL_COLUMNS_AFTER) if c in seen]
-    columns += [c for c in seen if c not in columns]
-
-    def cell(value: Any) -> Any:
-        value = to_jsonable(value)
-        if isinstance(value, (list, dict)):
-            return json.dumps(value)
-        return value
-
-    rows = [[cell(trial.get(c)) for c in columns] for trial in trials]
-    for j in range(len(columns)):
-        kinds = {
-            "bool" if isinstance(r[j], bool) else "num" if isinstance(r[j], (int, float)) else "str"
-            for r in rows
-            if r[j] is not None
-        }
-        if len(kinds) > 1:
-            for r in rows:
-                if r[j] is not None:
-                    r[j] = str(r[j])
-    return columns, rows
-
-
-def log_sweep_summary(
-    settings: Mapping[str, Any],
-    sweep_dir: str | os.PathLike[str],
-    name: str,
-    group: str,
-    trials: list[dict[str, Any]],
-    reward_names: list[str],
-    images: list[Path],
-) -> None:
-    """One W&B run (job_type ``sweep-summary``, in ``group``) with the table of ``trials``, a
-    "Pareto front" scatter of the first two objectives' ``final/<name>`` and ``images`` (those
-    that exist). Does nothing when W&B is off (``enabled`` false or mode ``disabled``)."""
-    if not settings.get("enabled", True):
-        return
-    mode = _usable_mode(str(settings.get("mode", "offline")))
-    if mode == "disabled":
-        return
-    import wandb
-
-    sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    run = _init_run(
-        mode,
-        project=settings.get("project") or "firm-ray",
-        entity=settings.get("entity"),
-        group=group,
-        tags=list(settings.get("tags") or []),
-        dir=str(sweep_dir),
-        name=name,
-        job_type="sweep-summary",
-        config={"reward_names": list(reward_names), "trials": len(trials)},
-    )
-    try:
-        columns, rows = _trial_table(trials, reward_names)
-        data: dict[str, Any] = {}
-        if columns:
-            table = wandb.Table(columns=columns, data=rows)
-            data["trials"] = table
-            x, y = (f"final/{n}" for n in [*reward_names[:2], "", ""][:2])
-            if x in columns and y in columns:
-                data["pareto_front"] = wandb.plot.scatter(table, x, y, title="Pareto front")
-        for path in images:
-            path = Path(path)
-            if path.is_file():
-                data[f"images/{path.stem}"] = wandb.Image(str(path))
-        if data:
-            run.log(data)
-        run.summary.update({"trials": len(trials)})
-    except BaseException:
-        run.finish(exit_code=1)
-        raise
-    run.finish(exit_code=0)
-    _wait_for_log(Path(run.settings.sync_file))
-
-
-# --------------------------------------------------------------------------------------------
-# reading offline runs back
-
-_LOG_BLOCK = 32768
-_LOG_HEADER = struct.Struct("<4sHB")  # ident ':W&B', magic 0xBEE1, version
-_CHUNK_HEADER = struct.Struct("<IHB")  # crc32 (IEEE) of type+data, length, type
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-
-
-def _log_payloads(path: Path) -> Iterator[bytes]:
-    """The records of a ``.wandb`` transaction log: LevelDB's log format (32 KiB blocks of
-    checksummed chunks) after a 7-byte W&B header. wandb 0.31 has no Python reader any more
-    (its writer is wandb-core, in Go), hence this one. A truncated tail (a killed process)
-    ends the iteration; a bad checksum before it raises ValueError."""
-    data = path.read_bytes()
-    if len(data) < _LOG_HEADER.size:
-        return
-    ident, magic, _version = _LOG_HEADER.unpack_from(data)
-    if ident != b":W&B" or magic != 0xBEE1:
-        raise ValueError(f"{path}: not a W&B transaction log")
-    pos = _LOG_HEADER.size
-    pending: bytes | None = None
-    while pos + _CHUNK_HEADER.size <= len(data):
-        left = _LOG_BLOCK - pos % _LOG_BLOCK
-        if left < _CHUNK_HEADER.size:  # block trailer (zero padding)
-            pos += left
-            continue
-        crc, length, kind = _CHUNK_HEADER.unpack_from(data, pos)
-        if crc == length == kind == 0:  # zero padding up to the block end
-            pos += left
-            continue
-        start = pos + _CHUNK_HEADER.size
-        payload = data[start : start + length]
-        if len(payload) < length:
-            return
-        if zlib.crc32(bytes([kind]) + payload) != crc:
-            raise ValueError(f"{path}: bad checksum at byte {pos}")
-        pos = start + length
-        if kind == _FULL:
-            yield payload
-        elif kind == _FIRST:
-            pending = payload
-        elif kind in (_MIDDLE, _LAST) and pending is not None:
-            pending += payload
-            if kind == _LAST:
-                yield pending
-                pending = None
-
-
-def _wait_for_log(path: Path, timeout_s: float = 10.0) -> bool:
-    """Wait until the run's transaction log holds its exit record: ``run.finish()`` returns
-    before wandb-core has flushed and closed the file (it is told to close the stream without
-    waiting for an answer), so a reader or ``wandb sync`` started right after the tracker's
-    ``close()`` could see a partial file. False if it did not appear in time."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            for payload in _log_payloads(path):
-                record = pb.Record()
-                record.ParseFromString(payload)
-                if record.WhichOneof("record_type") == "exit":
-                    return True
-        except (OSError, ValueError):
-            pass
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-
-
-def _set_item(target: dict[str, Any], item: Any, value: Any) -> None:
-    """Store a history/summary/config item under its key, nesting for multi-part keys."""
-    path = [item.key] if item.key else list(item.nested_key)
-    for part in path[:-1]:
-        target = target.setdefault(part, {})
-    target[path[-1]] = value
-
-
-def _del_item(target: dict[str, Any], item: Any) -> None:
-    path = [item.key] if item.key else list(item.nested_key)
-    for part in path[:-1]:
-        target = target.get(part, {})
-    target.pop(path[-1], None)
-
-
-def _read_log(path: Path) -> dict[str, Any]:
-    """One .wandb file as run metadata, history rows, summary/config updates, artifacts."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    out: dict[str, Any] = {
-        "file": path,
-        "files_dir": path.parent / "files",
-        "run": {},
-        "history": [],
-        "summary": {},
-        "config": {},
-        "artifacts": [],
-        "exit_code": None,
-    }
-    for payload in _log_payloads(path):
-        record = pb.Record()
-        record.ParseFromString(payload)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            r = record.run
-            out["run"] = {
-                "run_id": r.run_id,
-                "project": r.project,
-                "entity": r.entity,
-                "name": r.display_name,
-                "group": r.run_group,
-                "job_type": r.job_type,
-                "tags": list(r.tags),
-                "start_time": r.start_time.seconds + r.start_time.nanos / 1e9,
-            }
-            for item in r.config.update:
-                _set_item(out["config"], item, json.loads(item.value_json))
-        elif kind == "history":
-            row: dict[str, Any] = {}
-            for item in record.history.item:
-                _set_item(row, item, json.loads(item.value_json))
-            out["history"].append(row)
-        elif kind == "summary":
-            for item in record.summary.update:
-                _set_item(out["summary"], item, json.loads(item.value_json))
-            for item in record.summary.remove:
-                _del_item(out["summary"], item)
-        elif kind == "config":
-            for item in record.config.update:
-                _set_item(out["config"], item, json.loads(item.value_json))
-            for item in record.config.remove:
-                _del_item(out["config"], item)
-        elif kind == "artifact":
-            a = record.artifact
-            out["artifacts"].append(
-                {
-                    "name": a.name,
-                    "type": a.type,
-                    "aliases": list(a.aliases),
-                    "digest": a.digest,
-                    "files": {c.path: c.size for c in a.manifest.contents},
-                }
-            )
-        elif kind == "exit":
-            out["exit_code"] = record.exit.exit_code
-    return out
-
-
-def read_offline_run(run_dir: str | os.PathLike[str], run_id: str | None = None) -> dict[str, Any]:
-    """What an offline W&B run under ``run_dir/wandb/`` logged, read from its transaction logs.
-
-    ``run_id`` defaults to the one in ``run_dir/wandb_run_id.txt``, else the latest run's. The
-    logs of every (re)start of that run are merged in start order: ``history`` (rows, each with
-    ``_step``; media values are dicts whose ``path`` is relative to a ``files_dirs`` entry),
-    ``summary`` and ``config`` (the last value of each key wins), ``artifacts`` (name, type,
-    files: {path: size}), ``runs`` (per start: run_id, name, group, job_type, tags, project,
-    exit_code), ``files_dirs`` and ``run_id``. Raises FileNotFoundError without such a run.
-    """
-    run_dir = Path(run_dir)
-    logs = [
-        _read_log(p)
-        for p in (run_dir / "wandb").glob("*run-*/run-*.wandb")
-        if not p.parent.is_symlink()
-    ]
-    logs = [log for log in logs if log["run"]]
-    if run_id is None and (run_dir / RUN_ID_FILE).is_file():
-        run_id = (run_dir / RUN_ID_FILE).read_text(encoding="utf-8").strip() or None
-    if run_id is None and logs:
-        run_id = max(logs, key=lambda log: log["run"]["start_time"])["run"]["run_id"]
-    logs = sorted(
-        (log for log in logs if log["run"]["run_id"] == run_id),
-        key=lambda log: log["run"]["start_time"],
-    )
-    if not logs:
-        raise FileNotFoundError(f"{run_dir}/wandb: no offline W&B run (id {run_id})")
-    merged: dict[str, Any] = {
-        "run_id": run_id,
-        "runs": [{**log["run"], "exit_code": log["exit_code"]} for log in logs],
-        "history": [row for log in logs for row in log["history"]],
-        "summary": {},
-        "config": {},
-        "artifacts": [a for log in logs for a in log["artifacts"]],
-        "files_dirs": [log["files_dir"] for log in logs],
-    }
-    for log in logs:
-        merged["summary"].update(log["summary"])
-        merged["config"].update(log["config"])
-    return merged

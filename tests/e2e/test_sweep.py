@@ -15,12 +15,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from tiny_world import TINY
+from wandb_offline import read_offline_run
 
 from firm_ray.config import load_config
 from firm_ray.runtime.loop import run
 from firm_ray.runtime.sweep import run_sweep
 from firm_ray.tracking.jsonl import read_metrics, read_summary
-from firm_ray.tracking.wandb_tracker import read_offline_run
 
 pytestmark = pytest.mark.e2e
 

@@ -1,7 +1,7 @@
 """The W&B tracker, driven for real in offline mode and read back from the run's transaction log
-(``read_offline_run``): exact logged values, None/NaN skipped, the client_lambdas table, the
-adapter artifact, resume into the same run, make_tracker's choice of trackers, the sweep summary.
-No mocks: if wandb logs something else, or nothing, these tests fail."""
+(``read_offline_run``, tests/wandb_offline.py): exact logged values, None/NaN skipped, the
+client_lambdas table, the adapter artifact, resume into the same run, make_tracker's choice of
+trackers, the sweep summary. No mocks: if wandb logs something else, or nothing, these fail."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 
 import matplotlib
 import pytest
+from wandb_offline import read_offline_run
 
 from firm_ray.config import FirmConfig
 from firm_ray.tracking import MultiTracker, make_tracker, read_metrics
@@ -25,7 +26,6 @@ from firm_ray.tracking.wandb_tracker import (
     WandbTracker,
     _thin_rounds,
     log_sweep_summary,
-    read_offline_run,
 )
 
 matplotlib.use("Agg")
@@ -87,6 +87,9 @@ def row(r: int) -> dict[str, Any]:
             "reruns": [0, 3] if r == 1 else [],
             "events": [],
         },
+        "update_cosine": None if r == 1 else 0.25 - 0.5 * r,
+        "update_coherence": None if r == 1 else 0.75,
+        "pareto_stationarity": None if r == 1 else 0.125 * (r + 1),
     }
 
 
@@ -173,6 +176,9 @@ def test_rounds_summary_config_table_plots_and_adapter_are_logged(tmp_path: Path
     assert h0["kl"] == 0.015 and h1["kl"] == 0.03 and "kl" not in h2  # NaN skipped
     assert h1["train_reward/relevance"] == 0.5 and h1["train_reward/harmlessness"] == 0.5
     assert h1["disagreement"] == 1.125 and h1["param_drift"] == 0.5
+    assert (h0["conflict/update_cosine"], h2["conflict/update_cosine"]) == (0.25, -0.75)
+    assert (h0["conflict/update_coherence"], h2["eval/pareto_stationarity"]) == (0.75, 0.375)
+    assert not any(k.startswith(("conflict/", "eval/")) for k in h1)  # None: left out
     assert (h0["bytes_up/mean"], h0["bytes_up/total"], h0["bytes_down/mean"]) == (2000, 4000, 500)
     assert h0["timing/round_wall"] == 2.5 and h0["timing/generate"] == 1.25
     assert h0["memory/driver_rss"] == 812.5
@@ -433,13 +439,13 @@ def test_reader_stops_at_a_truncated_tail_and_rejects_corruption(tmp_path: Path)
     shutil.copytree(run_dir, copy, symlinks=True)
     (copy_log,) = (copy / "wandb").glob("offline-run-*/run-*.wandb")
     copy_log.write_bytes(data[: len(data) - 5])  # a killed writer's torn last record
-    assert read_offline_run(copy)["history"] == full["history"]
+    assert read_offline_run(copy, wait_s=0)["history"] == full["history"]
 
     corrupt = bytearray(data)
     corrupt[40] ^= 0xFF
     copy_log.write_bytes(bytes(corrupt))
     with pytest.raises(ValueError, match="checksum"):
-        read_offline_run(copy)
+        read_offline_run(copy, wait_s=0)
 
 
 def test_thin_rounds_keeps_whole_rounds_spread_over_the_run() -> None:
