@@ -70,8 +70,17 @@ class Aggregator:
 
     # ------------------------------------------------------------------------- a round
     def configure_round(self, round_index: int) -> list[int]:
-        """The clients that train in round ``round_index`` (the algorithm's selection)."""
-        return [int(c) for c in self.strategy.configure_round(round_index)]
+        """The clients that train in round ``round_index`` (the algorithm's selection), sorted;
+        a selection that is empty, repeats a client or names one outside [0, num_clients) is
+        a ValueError naming the algorithm."""
+        chosen = [int(c) for c in self.strategy.configure_round(round_index)]
+        n = self.config.federation.num_clients
+        if not chosen or len(set(chosen)) != len(chosen) or not all(0 <= c < n for c in chosen):
+            raise ValueError(
+                f"algorithm {self.config.algorithm.name!r}: configure_round({round_index}) "
+                f"returned {chosen[:20]}; expected distinct client ids in [0, {n})"
+            )
+        return sorted(chosen)
 
     def aggregate(
         self,

@@ -280,3 +280,20 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(small_disk) -> N
     small_disk.free()
     aggregator.save_checkpoint(2, EXTRA)
     assert _rounds(run_dir) == ["round_0002"] and _restored_round(run_dir) == 2
+
+
+def test_the_algorithms_selection_and_server_state_go_through_the_aggregator(tmp_path) -> None:
+    """Aggregator.configure_round asks the algorithm (a dotted-path one defined in
+    test_algorithms.py); its strategy state is saved in every checkpoint and restored."""
+    name = "algorithm.name=test_algorithms:Counting"
+    writer = _aggregator(tmp_path, name)
+    assert writer.configure_round(0) == [0, 2, 4, 6] and writer.configure_round(1) == [1, 3, 5, 7]
+    with pytest.raises(ValueError, match=r"configure_round\(-1\) returned \[8\]"):
+        writer.configure_round(-1)  # a client id outside [0, 8)
+    writer.set_global(adapter_to_bytes(_state(0)))
+    writer.strategy.rounds = 5
+    path = Path(writer.save_checkpoint(0, EXTRA))
+    assert json.loads((path / "state.json").read_text())["strategy_state"] == {"rounds": 5}
+    reader = _aggregator(tmp_path, name)
+    reader.load_checkpoint(str(path))
+    assert reader.strategy.rounds == 5

@@ -28,6 +28,31 @@ class Halves(Algorithm):
         return lam, lam.to(grads.dtype) @ grads, lam
 
 
+class EveryOther(FedAvgStrategy):
+    """Server state and a custom selection: even clients, then odd ones; counts its rounds."""
+
+    def __init__(self, config, trajectories: int = 1) -> None:
+        super().__init__(config, trajectories)
+        self.rounds = 0
+
+    def configure_round(self, round_index: int) -> list[int]:
+        n = self.config.federation.num_clients
+        return list(range(round_index % 2, n, 2)) if round_index >= 0 else [n]
+
+    def state_dict(self) -> dict:
+        return {"rounds": self.rounds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rounds = state["rounds"]
+
+
+class Counting(Algorithm):
+    """A test-defined algorithm with server state (the aggregator checkpoints it)."""
+
+    def strategy(self, config) -> EveryOther:
+        return EveryOther(config)
+
+
 def cfg(*overrides: str):
     return load_config(None, list(overrides))
 
