@@ -64,7 +64,8 @@ CHECK_ENV = "FIRM_RAY_DEEPSPEED_CHECK"
 _BETAS = (0.9, 0.999)
 _EPS = 1e-8
 _TORCH_NAMES = {"adamw": "AdamW", "sgd": "SGD"}
-_ADAM_ONLY_KEYS = ("betas", "eps", "torch_adam", "adam_w_mode", "amsgrad", "bias_correction")
+_ADAM_ONLY_KEYS = ("betas", "eps", "adam_w_mode", "amsgrad", "bias_correction")
+_ADAM_BUILD_KEYS = ("torch_adam",)  # which Adam implementation: meaningless for SGD, dropped
 
 
 class DeepSpeedConfigError(ValueError):
@@ -134,6 +135,8 @@ def _sgd_optimizer(
         )
     out = {}
     for key, value in params.items():
+        if key in _ADAM_BUILD_KEYS:
+            continue
         if key in _ADAM_ONLY_KEYS:
             if not _is_auto(value):
                 raise DeepSpeedConfigError(

@@ -21,7 +21,7 @@ import torch
 
 from firm_ray.config import LoraConfig, ModelConfig, TrainerConfig, load_config
 from firm_ray.models.adapter import get_adapter_state, set_adapter_state
-from firm_ray.trainer.backends import build_backend
+from firm_ray.trainer.backends import DEFAULT_LEARNING_RATES, build_backend
 from firm_ray.trainer.deepspeed_backend import CHECK_ENV, DeepSpeedConfigError, resolve_config
 
 pytestmark = pytest.mark.skipif(
@@ -225,3 +225,83 @@ def test_missing_or_invalid_config_file_is_a_clear_error(tmp_path, content, mess
     model = torch.nn.Linear(2, 2)
     with pytest.raises(DeepSpeedConfigError, match=message):
         build_backend(model, list(model.parameters()), cfg)
+
+
+# ------------------------------------------------------------------------------ SGD clients
+def test_resolve_config_builds_the_clients_sgd():
+    cfg = TrainerConfig(optimizer="sgd", momentum=0.9, weight_decay=0.01)
+    out = resolve_config({"zero_optimization": {"stage": 2}}, cfg, on_gpu=False)
+    assert out["optimizer"] == {
+        "type": "SGD",  # DeepSpeed builds torch.optim.SGD by name
+        "params": {"lr": DEFAULT_LEARNING_RATES["sgd"], "momentum": 0.9, "weight_decay": 0.01},
+    }
+    assert out["zero_allow_untested_optimizer"] is True  # required for torch's SGD under ZeRO
+    # the algorithm's default when trainer.optimizer is None; Adam-only "auto" keys are dropped
+    raw = json.loads((CONFIGS / "zero0.json").read_text())
+    raw["optimizer"]["type"] = "auto"
+    out = resolve_config(raw, TrainerConfig(), on_gpu=False, algorithm_default="sgd")
+    assert out["optimizer"]["params"] == {"lr": 0.5, "momentum": 0.0, "weight_decay": 0.0}
+    assert "zero_allow_untested_optimizer" not in out  # stage 0: no ZeRO optimizer wrapper
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            json.loads((CONFIGS / "zero2.json").read_text()),
+            r"optimizer\.type = 'AdamW' but the client optimizer is 'sgd' \(trainer\.optimizer "
+            r"= None, None = the algorithm's default\); set optimizer\.type to 'auto' or 'SGD'",
+        ),
+        (
+            {"optimizer": {"type": "SGD", "params": {"betas": [0.9, 0.99]}}},
+            r"optimizer\.params\.betas = \[0\.9, 0\.99\] is an Adam setting",
+        ),
+    ],
+)
+def test_an_adam_file_for_an_sgd_client_is_a_one_line_error(raw, message):
+    with pytest.raises(DeepSpeedConfigError, match=message) as err:
+        resolve_config(raw, TrainerConfig(), on_gpu=False, algorithm_default="sgd")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_sgd_engine_steps_like_the_torch_backend(tmp_path, stage):
+    """The engine's SGD (momentum, L2 weight decay, clipping) takes the torch backend's steps,
+    and reset() clears the momentum buffer, at ZeRO stage 0 and 2."""
+    path = tmp_path / "sgd.json"
+    path.write_text(
+        json.dumps({"optimizer": {"type": "auto"}, "zero_optimization": {"stage": stage}})
+    )
+    common = {"optimizer": "sgd", "learning_rate": 0.2, "momentum": 0.9, "weight_decay": 0.01}
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Linear(6, 3), torch.nn.Linear(6, 3)
+    theirs.load_state_dict(ours.state_dict())
+    start = ours.weight.detach().clone()
+    engine = build_backend(
+        ours,
+        list(ours.parameters()),
+        TrainerConfig(backend="deepspeed", deepspeed_config=str(path), **common),
+    )
+    engine.check_grads = True  # the engine's gradient is the direction, every step
+    reference = build_backend(theirs, list(theirs.parameters()), TrainerConfig(**common))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(2):  # two trajectories
+        engine.reset()
+        reference.reset()
+        for scale in (3.0, 0.2, 1.5):  # clipped and unclipped steps (max_grad_norm 1)
+            direction = torch.randn(21, generator=gen) * scale
+
+            def combined(direction: torch.Tensor = direction) -> torch.Tensor:
+                """A loss whose gradient is ``direction``."""
+                parts = direction.split([18, 3])
+                return sum(
+                    (p * d.view_as(p)).sum() for p, d in zip(engine.params, parts, strict=True)
+                )
+
+            norm = engine.apply(direction, combined)
+            assert norm == pytest.approx(reference.apply(direction, None), rel=1e-5)
+            for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+                torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=1e-6)
+    moved = float((ours.weight.detach() - start).abs().max())
+    assert moved > 0.01
+    engine.close()
