@@ -366,7 +366,8 @@ class TrainerConfig(Section):
     deepspeed_config: StrictStr | None = None
     """Path to a DeepSpeed JSON/YAML config; required when backend is 'deepspeed'."""
     optimizer: Literal["adamw", "sgd"] | None = None
-    """Client optimizer of the LoRA parameters, fresh every round: 'adamw' or 'sgd' (with
+    """Client optimizer of the LoRA parameters, fresh every local trajectory (no moments or
+    momentum carried between rounds or clients): 'adamw' or 'sgd' (with
     `momentum`); None = the algorithm's default (AdamW; fmgda: SGD, as in Yang et al. 2023,
     whose local update is plain SGD). AdamW's sign-like first steps do not keep a min-norm
     direction's common-descent property; SGD does."""
@@ -435,9 +436,11 @@ class TrainerConfig(Section):
     """Optimization passes over each batch of generations."""
     advantage: Literal["group", "batch", "group_mean", "batch_mean"] = "group"
     """Per-objective advantage of each completion. 'group': (r - group mean) / (group std +
-    eps), GRPO (TRL scale_rewards 'group'); 'batch': (r - batch mean) / (batch std + eps) (TRL
-    'batch'); 'group_mean' / 'batch_mean': r minus the group / batch mean, not divided by a std
-    (Dr. GRPO; TRL scale_rewards 'none'), so each reward's scale reaches its gradient."""
+    1e-6), GRPO, population std (TRL's scale_rewards 'group' divides by the Bessel-corrected
+    std + 1e-4: advantages sqrt(G/(G-1)) times smaller); 'batch': (r - batch mean) / (batch std
+    + 1e-6) (TRL's 'batch' centres on the group mean); 'group_mean' / 'batch_mean': r minus the
+    group / batch mean, not divided by a std (Dr. GRPO; 'group_mean' is TRL's scale_rewards
+    'none'), so each reward's scale reaches its gradient."""
     max_grad_norm: PosFloat | None = 1.0
     """Clip the combined gradient to this L2 norm; None = no clipping."""
 
