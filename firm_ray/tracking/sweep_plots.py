@@ -33,9 +33,50 @@ def _preference_colors():
     return "viridis", Normalize(vmin=0.0, vmax=1.0)
 
 
-def _p1(row: dict[str, Any]) -> float:
-    pref = row.get("preference")
-    return float(pref[0]) if pref else float("nan")
+def _point_colors(
+    included: list[dict[str, Any]], num_objectives: int, cmap: str, norm: Any
+) -> np.ndarray:
+    """RGBA per trial: for M = 3 the preference itself as RGB (a point of the 2-simplex: red =
+    all weight on objective 1, ...), else the colormap at p_1; gray when unknown."""
+    from matplotlib.colors import to_rgba
+
+    out = []
+    for row in included:
+        pref = row.get("preference")
+        if num_objectives == 3 and pref and len(pref) == 3:
+            out.append((*(min(1.0, max(0.0, float(p))) for p in pref), 1.0))
+        else:
+            out.append(to_rgba(_cmap_color(cmap, norm, float(pref[0]) if pref else None)))
+    return np.array(out, dtype=float).reshape(len(included), 4)
+
+
+def _plot_3d(
+    fig: Any,
+    slot: Any,
+    pareto: dict[str, Any],
+    included: list[dict[str, Any]],
+    points: np.ndarray,
+    colors: np.ndarray,
+    markers: dict[str, str],
+    on_front: np.ndarray,
+) -> None:
+    """The M = 3 final points in a 3-D view, in the grid cell of ``slot`` (replaced), the
+    trials on the 3-objective front ringed, the reference point marked."""
+    spec = slot.get_subplotspec()
+    slot.remove()
+    ax = fig.add_subplot(spec, projection="3d")
+    for label, marker in markers.items():
+        sel = np.array([r["label"] == label for r in included])
+        ax.scatter(*points[sel].T, c=colors[sel], marker=marker, s=50, edgecolors="black")
+    if on_front.any():
+        ax.scatter(*points[on_front].T, s=160, facecolors="none", edgecolors="crimson")
+    if pareto["reference"] is not None:
+        ax.scatter(*np.asarray(pareto["reference"])[:, None], marker="X", s=90, color="dimgray")
+    names = pareto["reward_names"]
+    ax.set_xlabel(names[0], fontsize=9)
+    ax.set_ylabel(names[1], fontsize=9)
+    ax.set_zlabel(names[2], fontsize=9)
+    ax.set_title("3-D view (ringed: on the 3-objective front)", fontsize=10)
 
 
 def _label_markers(pareto: dict[str, Any]) -> dict[str, str]:
@@ -90,8 +131,9 @@ def plot_pareto(
         why = "no completed trials yet" if not included else "fewer than 2 objectives"
         return _empty_figure(path, title, f"{why}: nothing to plot")
     pairs = list(itertools.combinations(range(len(names)), 2))[:6]
-    ncols = min(3, len(pairs))
-    nrows = math.ceil(len(pairs) / ncols)
+    three = len(names) == 3  # 3 projections + a 3-D view on a 2 x 2 grid
+    ncols = 2 if three else min(3, len(pairs))
+    nrows = 2 if three else math.ceil(len(pairs) / ncols)
     fig = new_figure(3.0 + 5.0 * ncols, 2.4 + 4.6 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[len(pairs) :]:
@@ -100,7 +142,7 @@ def plot_pareto(
     markers = _label_markers(pareto)
     ref = None if pareto["reference"] is None else np.asarray(pareto["reference"])
     front_ids = {f["trial_id"] for f in pareto["front"]}
-    p1 = np.array([_p1(r) for r in included])
+    colors = _point_colors(included, len(names), cmap, norm)
     on_front = np.array([r["trial_id"] in front_ids for r in included])
     two_d = len(names) == 2
     for ax, (a, b) in zip(axes, pairs, strict=False):
@@ -116,15 +158,12 @@ def plot_pareto(
             ax.scatter(
                 pts[sel, 0],
                 pts[sel, 1],
-                c=p1[sel],
-                cmap=cmap,
-                norm=norm,
+                c=colors[sel],
                 marker=marker,
                 s=70,
                 edgecolors="black",
                 linewidths=0.6,
                 zorder=3,
-                plotnonfinite=True,
             )
         if not two_d and on_front.any():
             ax.scatter(
@@ -166,6 +205,11 @@ def plot_pareto(
     if ref is not None:
         handles.append(Line2D([], [], ls="", marker="X", ms=9, color="dimgray"))
         texts.append("reference point\n(min initial rewards)")
+    if three:
+        _plot_3d(fig, axes[3], pareto, included, points, colors, markers, on_front)
+        for m, rgb in enumerate(("red", "green", "blue")):
+            handles.append(Line2D([], [], ls="", marker="o", ms=8, color=rgb, mec="black"))
+            texts.append(f"colour: preference as RGB,\n{rgb} = p_{names[m]}")
     fig.legend(
         handles,
         texts,
@@ -176,12 +220,13 @@ def plot_pareto(
         f"{fmt(pareto['hypervolume'])}",
         title_fontsize=9,
     )
-    fig.colorbar(
-        ScalarMappable(norm=norm, cmap=cmap),
-        ax=list(axes[: len(pairs)]),
-        label=f"preference p_{names[0]}",
-        shrink=0.9,
-    )
+    if not three:  # M = 3 is coloured by the whole preference vector (legend)
+        fig.colorbar(
+            ScalarMappable(norm=norm, cmap=cmap),
+            ax=list(axes[: len(pairs)]),
+            label=f"preference p_{names[0]}",
+            shrink=0.9,
+        )
     n_out = pareto["n_excluded"]
     note = f"; {n_out} other trial(s) left out (see pareto.json: excluded)" if n_out else ""
     fig.suptitle(f"{title}\n{len(included)} completed trials, rewards maximized{note}", fontsize=11)

@@ -15,6 +15,7 @@ from matplotlib.image import imread
 from rich.console import Console
 
 from firm_ray.config import FirmConfig, save_config
+from firm_ray.sweep_spec import simplex_grid
 from firm_ray.tracking import (
     PARETO_KEYS,
     TRIAL_COLUMNS,
@@ -76,6 +77,7 @@ def write_trial(
     metrics: bool = True,
     drift: float = 0.05,
     disagreement: float = 0.1,
+    cosine: float | None = None,
 ) -> Path:
     """A real run directory: config.yaml (save_config), metrics.jsonl (JsonlTracker, rewards
     moving from ``initial`` to exactly ``final``), summary.json (build_summary) unless
@@ -101,6 +103,12 @@ def write_trial(
                     "failed": [],
                 }
             )
+            if cosine is not None:  # issue 15's metrics; runs before it have none
+                rows[-1].update(
+                    update_cosine=cosine + 0.1 * rnd,
+                    update_coherence=0.5 + 0.1 * rnd,
+                    pareto_stationarity=None if rnd == 1 else 1.0 / (rnd + 1),
+                )
         with JsonlTracker(run_dir) as tracker:
             for row in rows:
                 tracker.log_round(row["round"], {k: v for k, v in row.items() if k != "round"})
@@ -300,8 +308,64 @@ def test_three_objectives(tmp_path: Path) -> None:
     assert pareto["excluded"][0]["trial_id"] == "x"
     assert "differ" in pareto["excluded"][0]["reason"]
     image = assert_real_png(sweep / "pareto.png")
-    assert image.shape[1] > 2 * 960  # three panels side by side
+    assert image.shape[:2] == (1392, 1560)  # 2 x 2: three projections and a 3-D view
     assert_real_png(sweep / "drift.png")
+
+
+def test_three_objective_preference_sweep_over_the_simplex(tmp_path: Path) -> None:
+    """A synthetic M = 3 sweep as sweep_three_objectives.yaml lays it out: firm and fedavg_ls
+    at every point of the simplex grid with 4 points per edge (10 preferences). Each trial's
+    final point leans towards its preference; the report's front, hypervolumes (exact, 3-D),
+    per-objective columns and the update-conflict columns are checked independently."""
+    sweep = tmp_path / "s3"
+    prefs = simplex_grid(3, 4)
+    assert len(prefs) == 10
+    finals: dict[str, list[float]] = {}
+    for k, pref in enumerate(prefs):
+        for algo, scale in (("firm", 0.3), ("fedavg_ls", 0.25)):
+            tid = f"{algo}_{k}"
+            final = [round(0.3 + scale * p, 6) for p in pref]
+            finals[tid] = final
+            run_dir = write_trial(
+                sweep, tid, final, algorithm=algo, names=NAMES3, cosine=0.1 * k - 0.5
+            )
+            cfg = make_config(algo, 1.0, pref, 0, NAMES3)  # the exact simplex preference
+            save_config(cfg, run_dir / "config.yaml")
+    write_trial(sweep, "old", [0.3, 0.3, 0.3], names=NAMES3)  # no conflict metrics (old run)
+    pareto = build_sweep_report(sweep)
+    reference = [0.2, 0.3, 0.25]
+    assert pareto["reward_names"] == NAMES3
+    assert pareto["reference"] == pytest.approx(reference)
+    by_label = pareto["by_label"]
+    assert list(by_label) == ["firm β=1", "fedavg_ls"]
+    firm = [f for t, f in finals.items() if t.startswith("firm")]
+    fedavg = [f for t, f in finals.items() if t.startswith("fedavg")]
+    assert by_label["firm β=1"]["hypervolume"] == pytest.approx(grid_hypervolume(firm, reference))
+    assert by_label["fedavg_ls"]["hypervolume"] == pytest.approx(
+        grid_hypervolume(fedavg, reference)
+    )
+    # firm's points dominate fedavg_ls's at the same preference: the front is firm's 10.
+    assert {f["trial_id"] for f in pareto["front"]} == {f"firm_{k}" for k in range(10)}
+    everything = [*finals.values(), [0.3, 0.3, 0.3]]
+    assert pareto["hypervolume"] == pytest.approx(grid_hypervolume(everything, reference))
+
+    rows = {r["trial_id"]: r for r in json.loads((sweep / "trials.json").read_text())}
+    r3 = rows["firm_3"]
+    assert [r3[f"preference/{n}"] for n in NAMES3] == pytest.approx(prefs[3])
+    assert r3["final_update_cosine"] == pytest.approx(0.3 - 0.5 + 0.2)  # round 2's
+    assert r3["mean_update_cosine"] == pytest.approx(0.3 - 0.5 + 0.1)
+    assert r3["final_update_coherence"] == pytest.approx(0.7)
+    assert r3["mean_update_coherence"] == pytest.approx(0.6)
+    assert r3["final_pareto_stationarity"] == pytest.approx(1.0 / 3)
+    old = rows["old"]
+    for key in ("mean_update_cosine", "final_update_coherence", "final_pareto_stationarity"):
+        assert old[key] is None
+    with open(sweep / "trials.csv", newline="") as fh:
+        csv_rows = {r["trial_id"]: r for r in csv.DictReader(fh)}
+    assert float(csv_rows["firm_3"]["final_pareto_stationarity"]) == pytest.approx(1.0 / 3)
+    assert csv_rows["old"]["final_update_cosine"] == ""
+    image = assert_real_png(sweep / "pareto.png")
+    assert image.shape[:2] == (1392, 1560)
 
 
 def test_empty_and_missing_sweep_dirs(tmp_path: Path) -> None:
