@@ -35,7 +35,7 @@ Measured (``python bench/sgd_lr_rule.py --clients 8``, CPU, float32, the built-i
 default config: LoRA r 8 on 7,168 parameters, max_grad_norm 1): over the 24 first steps of round
 0 (8 clients; firm: 1 trajectory each, fmgda: 1 per objective), ||AdamW step|| = 0.0277
 (= 5e-4 * sqrt(3072): only the B matrices have a gradient at B = 0), ||clipped g|| 0.018-0.15
-(median 0.058; never clipped), lr_sgd = ratio per step 0.19-1.52, median 0.49 -> 0.5 (firm
+(median 0.057; never clipped), lr_sgd = ratio per step 0.19-1.52, median 0.49 -> 0.5 (firm
 alone 0.51, fmgda alone 0.44; from a trained adapter, where A has gradients too, 0.81). Other
 models and LoRA sizes give other ratios (AdamW's step grows with sqrt(n), SGD's with ||g||):
 set ``trainer.learning_rate`` there.

@@ -7,7 +7,8 @@ FIRM direction, through ``engine.backward`` and steps with ``engine.step``.
 
 One engine per trainer process, built once; one rank (``world_size = 1``): clients are
 independent processes, never a data-parallel group. Rounds do not rebuild it: ``reset`` clears
-the AdamW state (``state.clear()``: the step counters live there) and re-reads ZeRO's fp32
+the optimizer state (``state.clear()``: AdamW's step counters and moments, SGD's momentum
+buffer) and re-reads ZeRO's fp32
 master weights from the model parameters (``refresh_fp32_params``), into which the trainer has
 just loaded the global adapter; without that re-read, ZeRO-2's first step of a round would
 write the stale master copy back over the loaded adapter (measured: 1.2e-2 max abs off the
@@ -21,7 +22,8 @@ second one through the combined loss (``needs_graph``): +15 ms per step on the b
 (batch 16 x 12 new tokens), about one extra backward. Tested with DeepSpeed 0.19.8, ZeRO 0/1/2.
 
 Configuration: ``trainer.deepspeed_config`` (a JSON or YAML file) is read, then completed from
-the TrainerConfig so both backends optimize the same thing (see :func:`resolve_config`).
+the TrainerConfig so both backends optimize the same thing, with the same optimizer (adamw or
+sgd, :func:`firm_ray.trainer.backends.resolve_optimizer`; see :func:`resolve_config`).
 
 Environment: on CPU the accelerator is ``cpu`` and the process group ``gloo``; on GPU ``nccl``.
 The group is initialized from a file store (no TCP store listening on any interface) and gloo
