@@ -14,8 +14,8 @@ import pytest
 from matplotlib.image import imread
 from rich.console import Console
 
-from firm_ray.config import FirmConfig, save_config
-from firm_ray.sweep_spec import simplex_grid
+from firm_ray.config import FirmConfig, load_config, save_config
+from firm_ray.sweep_spec import load_sweep, simplex_grid
 from firm_ray.tracking import (
     PARETO_KEYS,
     TRIAL_COLUMNS,
@@ -420,3 +420,18 @@ def test_drift_points_average_over_seeds_only() -> None:
     assert groups[(1.0, (0.7, 0.3))] == pytest.approx((0.5, 0.0, 1))
     assert groups[(0.0, (0.3, 0.7))] == pytest.approx((0.2, 0.0, 1))  # unknown values skipped
     assert len(groups) == 3
+
+
+def test_shipped_three_objective_configs_load() -> None:
+    """tune_configs/three_objectives.yaml validates with three objectives of existing reward
+    types, and its sweep expands to the 10 points of the M = 3 simplex grid per variant."""
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(repo / "tune_configs" / "three_objectives.yaml")
+    assert [r.name for r in cfg.rewards] == NAMES3
+    assert [r.type for r in cfg.rewards] == NAMES3
+    assert cfg.algorithm.preference_vector(3) == pytest.approx([1 / 3] * 3)
+    sweep = load_sweep(repo / "tune_configs" / "sweep_three_objectives.yaml")
+    assert sweep.num_trials() == 20
+    axis = next(a for a in sweep.axes if a.key == "algorithm.preference")
+    assert axis.values == simplex_grid(3, 4)
+    assert all(len(p) == 3 and sum(p) == pytest.approx(1.0) for p in axis.values)
