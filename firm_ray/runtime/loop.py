@@ -6,8 +6,9 @@
 
 Reads top to bottom: set up (run dir, Ray, then runtime/cluster.py: a placement group of W
 worker bundles, W ClientWorker actors, the Aggregator actor; theta^0, the initial evaluation),
-then per round (sample clients -> dispatch to free workers -> collect with a timeout ->
-aggregate -> evaluate -> log -> checkpoint), then save the final adapter, summary and plots.
+then per round (runtime/rounds.py: sample clients -> dispatch to free workers -> collect with a
+timeout -> aggregate -> evaluate; runtime/round_row.py: its metrics row; then log, print
+(runtime/console.py), checkpoint), then save the final adapter, summary and plots.
 
 A client whose own code raised, or that is late (``federation.round_timeout_s``), is left out
 and counted; a round with fewer than ``federation.min_clients`` usable updates is retried once,
@@ -32,34 +33,26 @@ that learned nothing.
 
 from __future__ import annotations
 
-import shlex
-import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ray
 from rich.console import Console
 
 from firm_ray.config import FirmConfig, dump_config, load_config
-from firm_ray.federation import RoundFailed, sample_clients
-from firm_ray.federation.strategies import round_step_metrics
 from firm_ray.runtime import signals
-from firm_ray.runtime.aggregator import latest_checkpoint, process_rss_mb
+from firm_ray.runtime.aggregator import latest_checkpoint
 from firm_ray.runtime.checkpoint import find_resume_checkpoint
-from firm_ray.runtime.cluster import Cluster, start_cluster, worker_bundle
+from firm_ray.runtime.cluster import start_cluster, worker_bundle
+from firm_ray.runtime.console import print_interrupted, print_round
 from firm_ray.runtime.errors import RunError, RunInterrupted, attach_run_dir
-from firm_ray.runtime.faults import AggregatorDied, dispatch
+from firm_ray.runtime.faults import AggregatorDied
+from firm_ray.runtime.rounds import Broadcast, one_round
 from firm_ray.runtime.worker import ClientWorker
 from firm_ray.tracking.jsonl import read_metrics
 from firm_ray.tracking.report import StepTotals, build_summary, make_plots, print_report
 from firm_ray.tracking.storage import atomic_write_text, fresh_dir, write_dir_atomically
 from firm_ray.tracking.wandb_tracker import make_tracker
-
-ROUND_RETRIES = 1
-MAX_FAILURES_SHOWN = 5  # left-out clients printed per round (all of them are in the row)
 
 
 class FederatedRun:
@@ -211,7 +204,7 @@ class FederatedRun:
             row, self.payload = self._round(round_index)
         with signals.critical():  # a signal here waits for the row to be complete
             self.tracker.log_round(round_index, row)
-            _print_round(self.console, self.config, row)
+            print_round(self.console, self.config, row)
         extra = {"initial_rewards": self.initial_rewards, "elapsed_s": self.elapsed()}
         while True:
             try:
@@ -228,7 +221,7 @@ class FederatedRun:
         return row
 
     def _round(self, round_index: int) -> tuple[dict[str, Any], Broadcast]:
-        return _one_round(
+        return one_round(
             self.config,
             round_index,
             self.cluster,
@@ -336,12 +329,12 @@ def run(
                 raise
             run_dir = experiment.run_dir if experiment else getattr(err, "run_dir", None)
             summary = experiment.finish("interrupted") if experiment else None
-            _print_interrupted(console, stop.signum, run_dir, summary)
+            print_interrupted(console, stop.signum, run_dir, summary)
             raise RunInterrupted(stop.signum, run_dir, summary) from None
         with stop.critical(deliver=False):  # the final adapter is written whole
             summary = experiment.finish("completed")
         if stop.signum is not None:  # it came while finishing: the run is complete
-            _print_interrupted(console, stop.signum, experiment.run_dir, summary)
+            print_interrupted(console, stop.signum, experiment.run_dir, summary)
             raise RunInterrupted(stop.signum, experiment.run_dir, summary)
         return summary
 
@@ -355,30 +348,6 @@ def _finish_failed(experiment: FederatedRun, console: Console) -> None:
         console.print(
             f"summary.json not written: {type(err).__name__}: {str(err).splitlines()[0]}",
             markup=False,
-        )
-
-
-def _print_interrupted(
-    console: Console, signum: int, run_dir: Path | str | None, summary: dict[str, Any] | None
-) -> None:
-    """What was kept and how to continue."""
-    name = signal.Signals(signum).name
-    if run_dir is None:
-        console.print(f"{name}: stopped while starting; nothing was written", markup=False)
-        return
-    run_dir = Path(run_dir)
-    if summary and summary.get("status") == "completed":
-        console.print(f"{name}: the run had completed: {run_dir}", markup=False)
-    elif latest_checkpoint(run_dir) is None:
-        console.print(
-            f"{name}: stopped before the first round ended; nothing to resume ({run_dir})",
-            markup=False,
-        )
-    else:
-        console.print(
-            f"{name}: stopped; continue with: firm-ray run --resume {shlex.quote(str(run_dir))}",
-            markup=False,
-            soft_wrap=True,  # one line to copy, however narrow the terminal
         )
 
 
@@ -409,187 +378,9 @@ def _init_ray(config: FirmConfig) -> bool:
     return init_ray(config)
 
 
-# ---------------------------------------------------------------------------------- rounds
-@dataclass(frozen=True)
-class Broadcast:
-    """The global adapter as the workers receive it: its object ref (serialized once by the
-    aggregator, read in place by every task) and its exact size in bytes."""
-
-    ref: Any
-    nbytes: int
-
-    @classmethod
-    def of(cls, ref: Any, cluster: Cluster) -> Broadcast:
-        """``ref``: the aggregator's ``global_payload()`` (AggregatorDied if it died)."""
-        return cls(ref, int(cluster.from_aggregator(ref).nbytes))
-
-
-def _one_round(
-    config: FirmConfig,
-    round_index: int,
-    cluster: Cluster,
-    payload: Broadcast,
-    console: Console,
-    on_failed: Callable[[dict[str, Any]], None] | None = None,
-    recover: Callable[[str], None] | None = None,
-) -> tuple[dict[str, Any], Broadcast]:
-    """One round from the global adapter ``payload``; (its metrics row, the new adapter).
-
-    ``on_failed`` sees the step metrics of an attempt that could not aggregate (too few usable
-    updates) before it is retried or fails the run; it may raise instead. ``recover`` brings a
-    dead aggregator back to the state the round started from; the aggregator's call is then
-    repeated (the clients' updates are kept: they are seeded, in the object store, and the
-    restored client state is the one they were trained from). Without it AggregatorDied
-    propagates.
-    """
-
-    def on_aggregator(call: Callable[[], Any], doing: str) -> Any:
-        while True:
-            try:
-                return call()
-            except AggregatorDied as err:
-                if recover is None:
-                    raise
-                recover(f"{doing} in round {round_index + 1}: {err}")
-
-    def aggregate() -> tuple[dict[str, Any], Any]:
-        server_ref, new_payload = cluster.aggregator.aggregate.options(num_returns=2).remote(
-            round_index, [results[c][0] for c in done], [[results[c][1]] for c in done], failures
-        )
-        return cluster.from_aggregator(server_ref), new_payload
-
-    fed = config.federation
-    clients = sample_clients(
-        config.experiment.seed, round_index, fed.num_clients, fed.clients_sampled_per_round
-    )
-    for attempt in range(ROUND_RETRIES + 1):
-        round_start = time.perf_counter()
-        states = on_aggregator(
-            lambda: cluster.from_aggregator(cluster.aggregator.states_for.remote(clients)),
-            "giving out client state",
-        )
-        results, failures = dispatch(
-            fed, config.runtime, round_index, clients, payload.ref, states, cluster
-        )
-        steps = round_step_metrics([header for header, _ in results.values()], config)
-        done = sorted(results)
-        try:
-            server, new_payload = on_aggregator(aggregate, "aggregating")
-            break
-        except ray.exceptions.RayTaskError as err:
-            if not isinstance(err.cause, RoundFailed):
-                raise
-            if on_failed is not None:
-                on_failed(steps)
-            if attempt == ROUND_RETRIES:
-                raise RunError(f"round {round_index} failed: {err.cause}") from None
-            console.print(f"[yellow]round {round_index}: {err.cause}; retrying[/]")
-    evaluation = None
-    eval_seconds = 0.0
-    if (round_index + 1) % fed.eval_every == 0 or round_index == fed.rounds - 1:
-        evaluation = cluster.on_worker0("evaluate", new_payload)
-        eval_seconds = evaluation["seconds"]
-    client_metrics = server["client_metrics"]
-    accepted = [str(c) for c in server["accepted"]]
-    timing = {
-        key: sum(client_metrics[c].get(f"time_{key}", 0.0) for c in accepted)
-        for key in ("generate", "score", "forward", "backward", "solve", "step")
-    }
-    round_wall = time.perf_counter() - round_start
-    busiest = _busiest_worker_seconds(client_metrics)
-    timing.update(
-        aggregation=server["aggregation_seconds"],
-        evaluation=eval_seconds,
-        round_wall=round_wall,
-        orchestration_overhead=max(
-            0.0, round_wall - busiest - server["aggregation_seconds"] - eval_seconds
-        ),
-    )
-    train_rewards = [
-        client_metrics[c]["rewards"] for c in accepted if "rewards" in client_metrics[c]
-    ]
-    return {
-        "round": round_index,
-        "rewards": evaluation["rewards"] if evaluation else None,
-        "reward_names": [r.name for r in config.rewards],
-        "rewards_by_category": evaluation["rewards_by_category"] if evaluation else None,
-        "kl": evaluation["kl"] if evaluation else None,
-        "client_lambdas": server["client_lambdas"],
-        "disagreement": server["disagreement"],
-        "param_drift": server["param_drift"],
-        "bytes_up": server["bytes_up"],
-        "bytes_down": {str(c): payload.nbytes for c in clients if c in results},
-        "clients": clients,
-        "failed": failures + server["rejected"],
-        "train_rewards": [sum(col) / len(col) for col in zip(*train_rewards, strict=True)]
-        if train_rewards
-        else None,
-        "server": server["server"],
-        "timing": timing,
-        "faults": cluster.faults.take_round(),
-        **steps,
-        "memory": {
-            "driverprocess_rss_mb": process_rss_mb(),
-            "aggregatorprocess_rss_mb": server["rss_mb"],
-        },
-    }, Broadcast(new_payload, server["bytes_down_next"])
-
-
-def _busiest_worker_seconds(client_metrics: dict[str, dict[str, Any]]) -> float:
-    per_worker: dict[float, float] = {}
-    for m in client_metrics.values():
-        per_worker[m.get("worker", 0.0)] = per_worker.get(m.get("worker", 0.0), 0.0) + m.get(
-            "task_seconds", 0.0
-        )
-    return max(per_worker.values(), default=0.0)
-
-
-def _print_round(console: Console, config: FirmConfig, row: dict[str, Any]) -> None:
-    names = row["reward_names"]
-    rewards = row["rewards"]
-    reward_text = (
-        ", ".join(f"{n} {v:.3f}" for n, v in zip(names, rewards, strict=True))
-        if rewards
-        else "(not evaluated)"
-    )
-    lambdas = [v for v in row["client_lambdas"].values() if v]
-    mean_lam = (
-        "[" + ", ".join(f"{sum(c) / len(c):.2f}" for c in zip(*lambdas, strict=True)) + "]"
-        if lambdas
-        else "-"
-    )
-    dis = row["disagreement"]
-    kl = "-" if row["kl"] is None else f"{row['kl']:.3f}"
-    dis_text = "-" if dis is None else f"{dis:.3f}"
-    ok = len(row["clients"]) - len(row["failed"])
-    skipped = row.get("skipped_steps") or 0
-    reasons = row.get("skip_reasons") or ["no reason given"]
-    skip_text = f" | skipped {skipped}/{row['local_steps']}: {reasons[0]}" if skipped else ""
-    faults = row.get("faults") or {}
-    restarts = faults.get("worker_restarts", 0) + faults.get("aggregator_restarts", 0)
-    lost = faults.get("node_losses", 0)
-    fault_text = (
-        f" | faults: {faults['worker_restarts']} worker / {faults['aggregator_restarts']} "
-        f"aggregator restart(s), re-ran {faults['reruns'] or 'none'}"
-        + (f", {lost} node(s) lost" if lost else "")
-        if restarts or lost
-        else ""
-    )
-    console.print(
-        f"round {row['round'] + 1}/{config.federation.rounds}: {reward_text} | kl {kl} | "
-        f"mean lambda {mean_lam} | disagreement {dis_text} | drift {row['param_drift']:.4f} | "
-        f"{ok}/{len(row['clients'])} clients | {row['timing']['round_wall']:.1f} s{skip_text}"
-        f"{fault_text}",
-        markup=False,
-    )
-    for event in faults.get("events", []):
-        console.print(f"  fault: {event}", markup=False)
-    for failure in row["failed"][:MAX_FAILURES_SHOWN]:
-        console.print(f"  client {failure['client']} left out: {failure['reason']}", markup=False)
-    if len(row["failed"]) > MAX_FAILURES_SHOWN:
-        more = len(row["failed"]) - MAX_FAILURES_SHOWN
-        console.print(f"  ... and {more} more (metrics.jsonl: failed)", markup=False)
-
+# tests/unit/test_skipped_steps.py imports the console line under its old private name; it goes
+# once that test imports print_round from firm_ray.runtime.console
+_print_round = print_round
 
 __all__ = [
     "FederatedRun",

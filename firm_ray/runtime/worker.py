@@ -189,7 +189,8 @@ class ClientWorker:
         return encode_update(update)
 
     def evaluate(self, global_payload: Payload) -> dict[str, Any]:
-        """Rewards and KL of the global policy on the held-out prompts."""
+        """Rewards, KL and Pareto stationarity of the global policy on the held-out prompts
+        (trainer/evaluate.py); ``seconds`` includes ``stationarity_seconds``."""
         trace_task(self.worker_index, "evaluate")
         cfg = self.config
         set_adapter_state(self.policy.model, adapter_from_bytes(global_payload, copy=False))
@@ -208,6 +209,7 @@ class ClientWorker:
             repetition_penalty=cfg.trainer.repetition_penalty,
             max_prompt_tokens=cfg.model.max_prompt_tokens,
             chunk_tokens=cfg.trainer.logprob_chunk_tokens,
+            trainer=cfg.trainer,
         )
         result["seconds"] = time.perf_counter() - start
         return result
