@@ -151,6 +151,11 @@ def print_sweep_report(
         table.add_column(name, justify="right")
     table.add_column("HV (run)", justify="right")
     table.add_column("disagreement", justify="right")
+    # The update conflict compares across algorithms (disagreement is 0 for fedavg_ls, fmgda);
+    # shown when some trial has it (runs before issue 15 do not).
+    cosine = any(row.get("mean_update_cosine") is not None for row in rows)
+    if cosine:
+        table.add_column("update cos", justify="right")
     table.add_column("status")
     for row in rows:
         status = str(row["status"])
@@ -164,6 +169,7 @@ def print_sweep_report(
             *(fmt(row.get(f"final/{n}")) for n in names),
             fmt(row["hypervolume"]),
             fmt(row["mean_disagreement"]),
+            *([fmt(row.get("mean_update_cosine"))] if cosine else []),
             Text(status, style=style),
         )
     console.print(table)

@@ -366,6 +366,12 @@ def test_three_objective_preference_sweep_over_the_simplex(tmp_path: Path) -> No
     assert csv_rows["old"]["final_update_cosine"] == ""
     image = assert_real_png(sweep / "pareto.png")
     assert image.shape[:2] == (1392, 1560)
+    console = Console(record=True, width=220, color_system=None)
+    print_sweep_report(sweep, console, build=False)
+    out = console.export_text()
+    assert "update cos" in out
+    line = next(x for x in out.splitlines() if "│ firm_3 " in x)
+    assert f"{0.3 - 0.5 + 0.1:.4g}" in line.split("│")[-3]  # mean update cosine, before status
 
 
 def test_empty_and_missing_sweep_dirs(tmp_path: Path) -> None:
