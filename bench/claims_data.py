@@ -27,7 +27,7 @@ def algo_key(algorithm: dict[str, Any]) -> str:
     if name == "firm":
         return f"firm_b{float(algorithm.get('beta', 1.0)):g}"
     if name == "jd":
-        return f"jd_{algorithm.get('aggregator', 'upgrad')}"
+        return f"jd_{algorithm.get('aggregator', 'mgda')}"
     return name
 
 

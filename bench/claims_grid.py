@@ -31,7 +31,7 @@ SENTIMENT = {"name": "sentiment", "type": "sentiment", "normalize": False, "kwar
 
 FIRM = "firm_b1"  # FIRM as the project ships it (beta 1, relative): fixed before any run
 BETA_GRID = (0.0, 0.1, 1.0, 10.0)
-JD = "jd_upgrad"
+JD_AGGREGATOR = "pcgrad"  # torchjd without extras; upgrad needs the GPL quadprog (--jd-aggregator)
 
 # The world and the federation, equal for every trial (see paper_claims.py: what was cut)
 STUDY_SET = [
@@ -134,7 +134,7 @@ class Part:
         return len(self.algos) * len(self.seeds) * (len(self.preferences or [None]))
 
 
-def design(seeds: Sequence[int], quick: bool = False) -> list[Part]:
+def design(seeds: Sequence[int], quick: bool = False, jd: str = JD_AGGREGATOR) -> list[Part]:
     """Every sweep of the study (see paper_claims.py's docstring for why this shape). --quick:
     one M = 2 anchor with every part and the M = 3 faithful setting's uniform part."""
     seeds = [int(s) for s in seeds]
@@ -144,7 +144,7 @@ def design(seeds: Sequence[int], quick: bool = False) -> list[Part]:
             continue
         algos = [firm_beta_name(0.0), FIRM, "fedavg_ls", "fmgda"]
         if s.m == 2:
-            algos += [JD, "centralized"]
+            algos += [f"jd_{jd}", "centralized"]
         parts.append(Part(s, "uniform", algos, None, seeds))
         if s in ANCHORS:
             grid = [firm_beta_name(b) for b in BETA_GRID if b not in (0.0, 1.0)]
@@ -158,7 +158,7 @@ def design(seeds: Sequence[int], quick: bool = False) -> list[Part]:
 class Cost:
     """Seconds of one trial: start + rounds * (client-trajectories * steps * step + eval)."""
 
-    start_s: float = 15.0
+    start_s: float = 30.0
     step_s: float = 0.65
     eval_s: float = 2.3
     rounds: int = 12

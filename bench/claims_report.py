@@ -36,6 +36,8 @@ def _num(x: Any, digits: int = 3) -> str:
 def _stat(s: dict[str, Any] | None, digits: int = 3) -> str:
     if not s or s.get("mean") is None:
         return "–"
+    if s.get("n", 0) < 2:  # one seed: no spread to show
+        return _num(s["mean"], digits)
     return f"{_num(s['mean'], digits)} ± {_num(s['std'], 2)}"
 
 
@@ -183,7 +185,8 @@ def why_lines(analysis: dict[str, Any]) -> list[str]:
         "## Why: how much room regularization has",
         "",
         "With equal per-objective gradient norms (and near-orthogonal gradients) the min-norm "
-        "weights sit at p whatever beta is, so FIRM's regularization has nothing to correct. "
+        "weights are uniform, i.e. at p = uniform whatever beta is, so FIRM's regularization "
+        "has nothing to correct. "
         "Columns: ||lambda_i - p|| per client-round of firm beta = 0 (median [10th, 90th "
         "percentile]; 0 = the weights already sit at p); max/min per-objective gradient-norm "
         "ratio per client-round of the gradient-based algorithms; disagreement per beta.",

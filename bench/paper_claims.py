@@ -4,6 +4,7 @@
     export FIRM_RAY_CACHE=~/.cache/firm_ray HF_HUB_OFFLINE=1
     python bench/paper_claims.py --plan     # the sweeps and their estimated time; runs nothing
     python bench/paper_claims.py            # the study: 5 seeds, 260 trials (see Time)
+    python bench/paper_claims.py --settings group/adamw/M2 group_mean/sgd/M2  # a subset
     python bench/paper_claims.py --quick    # smoke: 1 seed, 2 rounds, 1 local step, 16 trials
     python bench/paper_claims.py --reuse    # the report from the cached sweeps; runs nothing
 
@@ -16,7 +17,7 @@ record), ``<out>/claims.md`` (to quote), ``<out>/plots/claim_<k>.png`` and
 **The claims** (DESIGN.md and the paper's abstract), FIRM = firm beta 1 relative, the shipped
 default, fixed before any run:
 1. smoother training: the mean over objectives of the std of round-to-round eval-reward changes
-   (the summary's ``smoothness``), vs firm beta 0, fedavg_ls, fmgda, jd (UPGrad);
+   (the summary's ``smoothness``), vs firm beta 0, fedavg_ls, fmgda, jd (PCGrad by default);
 2. less client disagreement drift: ``disagreement`` vs the algorithms whose clients solve for
    lambda (beta 0, jd: it is 0 by construction for fedavg_ls and fmgda), ``param_drift`` vs
    all but fmgda (whose drift is another quantity), and ``update_cosine`` (mean pairwise cosine
@@ -38,22 +39,26 @@ AdamW runs at the quickstart's 5e-3; SGD (no momentum, as FMGDA's paper) at the 
 rule (its first step has AdamW's first-step norm) scaled the same way: 10 x 0.5 = 5.0. Nothing
 was tuned on a result. Every setting runs firm beta 0 and 1, fedavg_ls and fmgda on 5 seeds.
 
-**What was cut to fit ~2 hours on 2 cores, and why** (one trial of the full federation, 4 of
-16 clients per round, 123 eval prompts, took 292 s with the machine shared; the cost model in
-claims_grid.Cost):
-- 2 clients per round instead of 4, 64 eval prompts instead of 123: halves a trial; the
+**What was cut, and why.** One trial of the full federation (4 of 16 clients per round, 123
+eval prompts, 12 rounds) took 279 s here: 15 s per round (10.5 s for 16 local steps, 4.5 s of
+evaluation) and 30 s of start, with the 2 cores shared with three other agents' work (load ~4).
+- 2 clients per round instead of 4 and 64 eval prompts instead of 123 halve a trial; the
   disagreement and conflict metrics need >= 2 clients, which they keep;
-- jd (UPGrad) and centralized run at M = 2 only (claims 1-3 lose the jd comparison at M = 3;
-  centralized is a reference, never a baseline);
+- jd and centralized run at M = 2 only (claims 1-3 lose the jd comparison at M = 3;
+  centralized is a reference, never a baseline). jd's aggregator is PCGrad: torchjd's UPGrad
+  needs the GPL quadprog extra (``--jd-aggregator upgrad`` once it is installed);
 - the beta grid {0.1, 10} and the preference sweeps (FIRM and fedavg_ls at p = (1, 0), (0, 1))
   run in two anchor settings only: group/adamw/M2 (today's default) and group_mean/sgd/M2 (the
   faithful knobs of issue 15), so claims 3 (over the sweep) and 5 are tested there alone, and
-  not at M = 3 (a 3-vertex sweep would add 30 trials, ~25 min).
+  not at M = 3 (a 3-vertex sweep would add 30 trials, ~30 min).
 
-**Time** (``--plan`` prints the model's estimate per sweep): 260 trials; the cost model, fitted
-to the shared machine (0.65 s per local step, 2.3 s per evaluation, 15 s start), gives 4.2 h
-with two trials at once; on an idle machine a local step is about twice as fast (the ~2 h
-target). ``--quick``: 16 trials of 2 rounds.
+**Time.** ``--plan`` prints the cost model's estimate per sweep (claims_grid.Cost: 30 s start,
+0.65 s per local step, 2.3 s per evaluation, two trials at once, all measured on the shared
+machine): 260 trials, 4.8 h (M = 2: 180 trials, 3.1 h; M = 3: 80 trials, 1.7 h). On an idle
+machine each trial has a whole core, which should about halve that (not measured: the machine
+was never idle); the ~2 h target holds only there. ``--settings`` runs a subset, and a second
+call continues where the first stopped. ``--quick``: 16 trials of 2 rounds, 11 min here at
+load ~12 (a trial's start took 40-50 s of its ~55 s); ``--reuse`` 9 s.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from claims_analysis import CLAIMS, analyse
 from claims_data import load_records
-from claims_grid import Cost, design, ensure_sweep, sweep_spec
+from claims_grid import JD_AGGREGATOR, Cost, design, ensure_sweep, sweep_spec
 from claims_report import markdown, plot_claims
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +101,15 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+def jd_missing_extra(aggregator: str) -> str:
+    """'' when the jd aggregator runs with what is installed, else the pip command it needs."""
+    from firm_ray.algorithms.jd import AGGREGATORS, missing_extra
+
+    if aggregator not in AGGREGATORS:
+        return f"one of {', '.join(AGGREGATORS)}"
+    return missing_extra(aggregator)
+
+
 def print_plan(parts: list, cost: Cost, console: Console) -> float:
     table = Table(title="claims study: sweeps")
     for col in ("setting", "part", "algorithms", "preferences", "trials", "est. min"):
@@ -111,6 +125,7 @@ def print_plan(parts: list, cost: Cost, console: Console) -> float:
     console.print(table)
     console.print(
         f"{sum(p.n_trials() for p in parts)} trials; estimated {total / 3600:.1f} h "
+        f"({total / 60:.0f} min) "
         f"({cost.parallel} at once; shared-machine step costs, see the module docstring)"
     )
     return total
@@ -135,6 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="report from cached sweeps only")
     parser.add_argument("--plan", action="store_true", help="print the sweeps and estimate only")
     parser.add_argument("--out", default=None, help=f"default {DEFAULT_OUT} (_quick with --quick)")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=None,
+        help="run / report only these settings, e.g. group/adamw/M2 group_mean/sgd/M2",
+    )
+    parser.add_argument(
+        "--jd-aggregator",
+        default=JD_AGGREGATOR,
+        help=f"the torchjd baseline (default {JD_AGGREGATOR}; "
+        "upgrad needs torchjd[quadprog_projector])",
+    )
     args = parser.parse_args(argv)
     seeds = args.seeds or ([0] if args.quick else SEEDS)
     out = (
@@ -146,7 +173,20 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     console = Console(width=200)
-    parts = design(seeds, quick=args.quick)
+    missing = jd_missing_extra(args.jd_aggregator)
+    if missing:
+        console.print(f"[red]--jd-aggregator {args.jd_aggregator}: needs {missing}")
+        return 2
+    parts = design(seeds, quick=args.quick, jd=args.jd_aggregator)
+    if args.settings:
+        unknown = sorted(set(args.settings) - {p.setting.key for p in parts})
+        if unknown:
+            console.print(
+                f"[red]--settings: unknown {unknown}; the design has "
+                f"{sorted({p.setting.key for p in parts})}"
+            )
+            return 2
+        parts = [p for p in parts if p.setting.key in args.settings]
     cost = Cost(rounds=2, local_steps=1, eval_s=0.6) if args.quick else Cost()
     estimate = print_plan(parts, cost, console)
     if args.plan:
@@ -181,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/paper_claims.py" + (" --quick" if args.quick else "")
     if args.seeds:
         command += " --seeds " + " ".join(map(str, seeds))
+    if args.settings:
+        command += " --settings " + " ".join(args.settings)
+    if args.jd_aggregator != JD_AGGREGATOR:
+        command += f" --jd-aggregator {args.jd_aggregator}"
     meta = {
         "command": command + (" --reuse" if args.reuse else ""),
         "seeds": seeds,

@@ -141,7 +141,7 @@ def synthetic(setting="group/adamw/M2", firm_smooth_gain=0.01, rng_seed=0):
     recs = []
     for s in SEEDS:
         base_smooth = 0.03 + 0.005 * s
-        for algo in ("firm_b0", "fedavg_ls", "fmgda", "jd_upgrad"):
+        for algo in ("firm_b0", "fedavg_ls", "fmgda", "jd_pcgrad"):
             recs.append(
                 record(
                     algo,
@@ -200,13 +200,13 @@ def test_a_real_effect_is_held_and_no_effect_is_not():
         "firm_b0",
         "fedavg_ls",
         "fmgda",
-        "jd_upgrad",
+        "jd_pcgrad",
     }
     assert all(c["p_holm"] >= c["p_t"] for c in claim1["comparisons"])
     # disagreement is compared only with algorithms whose clients solve for lambda
     claim2 = next(c for c in out["claims"] if c["claim"] == ca.CLAIMS[1])
     dis = [c["baseline"] for c in claim2["comparisons"] if c["metric"].startswith("disagreement")]
-    assert dis == ["firm_b0", "jd_upgrad"]
+    assert dis == ["firm_b0", "jd_pcgrad"]
     drift = [c["baseline"] for c in claim2["comparisons"] if c["metric"].startswith("param drift")]
     assert "fmgda" not in drift
     # the reference is never a baseline
@@ -295,13 +295,16 @@ def test_missing_grad_norms_are_reported_as_the_metric_to_add():
 
 
 # ------------------------------------------------------------------------------ files
-def write_run(run_dir: Path, *, algo="firm", beta=1.0, seed=0, status="completed", m=2):
+def write_run(
+    run_dir: Path, *, algo="firm", beta=1.0, seed=0, status="completed", m=2, aggregator=None
+):
     run_dir.mkdir(parents=True)
     rewards = [{"name": n} for n in [*NAMES, "sentiment"][:m]]
     cfg = {
         "experiment": {"seed": seed},
         "rewards": rewards,
-        "algorithm": {"name": algo, "beta": beta, "preference": None},
+        "algorithm": {"name": algo, "beta": beta, "preference": None}
+        | ({"aggregator": aggregator} if aggregator else {}),
         "trainer": {"advantage": "group_mean", "optimizer": "sgd", "learning_rate": 5.0},
     }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -346,11 +349,11 @@ def write_run(run_dir: Path, *, algo="firm", beta=1.0, seed=0, status="completed
 def test_records_read_from_real_run_files(tmp_path):
     sweep = tmp_path / "sweep"
     write_run(sweep / "trials" / "t0", beta=0.0, seed=3)
-    write_run(sweep / "trials" / "t1", algo="jd", seed=3)
+    write_run(sweep / "trials" / "t1", algo="jd", seed=3, aggregator="pcgrad")
     write_run(sweep / "trials" / "t2", status="failed")
     (sweep / "trials" / "t3").mkdir()
     records, skipped = cd.load_records([sweep])
-    assert [r["algo"] for r in records] == ["firm_b0", "jd_upgrad"]
+    assert [r["algo"] for r in records] == ["firm_b0", "jd_pcgrad"]
     r = records[0]
     assert r["setting"] == "group_mean/sgd/M2" and r["seed"] == 3 and r["preference"] == [0.5, 0.5]
     assert r["mean_param_drift"] == pytest.approx(2.0) and r["mean_update_cosine"] == pytest.approx(
@@ -412,3 +415,13 @@ def test_plan_runs_nothing(tmp_path, capsys):
     assert paper_claims.main(["--plan", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "260 trials" in out and not (tmp_path / "sweeps").exists()
+
+
+def test_plan_of_a_subset_and_an_unknown_setting(tmp_path, capsys):
+    import paper_claims
+
+    out = str(tmp_path)
+    assert paper_claims.main(["--plan", "--out", out, "--settings", "group/adamw/M2"]) == 0
+    assert "60 trials" in capsys.readouterr().out
+    assert paper_claims.main(["--plan", "--out", out, "--settings", "group/adam/M2"]) == 2
+    assert paper_claims.main(["--plan", "--out", out, "--jd-aggregator", "nope"]) == 2
