@@ -175,7 +175,13 @@ def claim_comparisons(data: SettingData) -> dict[str, list[dict[str, Any]]]:
     )
     # 2. disagreement among algorithms whose clients solve for lambda; drift; update conflict
     solving = [a for a in federated if a == BETA0 or a.startswith("jd_")]
-    fam = _against(data, "disagreement (lower)", lambda r: r["mean_disagreement"], solving, False)
+    fam = _against(
+        data,
+        "disagreement of lambda / sum(lambda) (lower)",
+        lambda r: r.get("simplex_disagreement"),
+        solving,
+        False,
+    )
     no_fmgda = [a for a in federated if a != "fmgda"]  # fmgda's drift is another quantity
     fam += _against(data, "param drift (lower)", lambda r: r["mean_param_drift"], no_fmgda, False)
     if _present(data, "mean_update_cosine"):
@@ -266,6 +272,7 @@ def algorithm_table(data: SettingData) -> dict[str, dict[str, Any]]:
         row["hv_uniform"] = summary_stat(list(data.hv_uniform(algo).values()))
         for key in (
             "mean_disagreement",
+            "simplex_disagreement",
             "mean_param_drift",
             "mean_update_cosine",
             "mean_update_coherence",
@@ -317,7 +324,7 @@ def analyse_setting(records: Sequence[dict[str, Any]], seeds: Sequence[int]) -> 
         if algo.startswith("firm_b"):
             beta_curve[float(algo.removeprefix("firm_b"))] = {
                 "disagreement": summary_stat(
-                    [r["mean_disagreement"] for r in data.uniform[algo].values()]
+                    [r["simplex_disagreement"] for r in data.uniform[algo].values()]
                 ),
                 "param_drift": summary_stat(
                     [r["mean_param_drift"] for r in data.uniform[algo].values()]

@@ -92,6 +92,28 @@ def lambda_deviations(
     return out
 
 
+def simplex_disagreement(metrics: Sequence[dict[str, Any]]) -> float | None:
+    """Mean over rounds of the disagreement of the clients' lambdas each divided by its sum.
+
+    FIRM's lambdas lie on the simplex already (this equals the run's ``disagreement``); jd's
+    weights need not (PCGrad's are about 1 each, UPGrad's sum to more than 1), so the raw
+    disagreement of jd measures another scale. Divided by their sums, every algorithm's weights
+    are the mix of objectives its direction takes, and disagreement compares like with like."""
+    per_round = []
+    for row in metrics:
+        mixes = []
+        for lam in (row.get("client_lambdas") or {}).values():
+            if not lam or not all(isinstance(v, (int, float)) for v in lam):
+                continue
+            total = float(sum(lam))
+            if total > 0 and math.isfinite(total):
+                mixes.append(np.asarray(lam, dtype=float) / total)
+        if len(mixes) >= 2:
+            mat = np.stack(mixes)
+            per_round.append(float(np.linalg.norm(mat - mat.mean(axis=0), axis=1).mean()))
+    return float(np.mean(per_round)) if per_round else None
+
+
 def trial_record(run_dir: Path) -> dict[str, Any] | None:
     """One finished trial as the study's record, or None when it has no completed summary."""
     summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
@@ -124,6 +146,7 @@ def trial_record(run_dir: Path) -> dict[str, Any] | None:
         "initial": summary.get("initial_rewards"),
         "smoothness": summary.get("smoothness"),
         "mean_disagreement": summary.get("mean_disagreement"),
+        "simplex_disagreement": simplex_disagreement(metrics),
         "mean_param_drift": _mean(r.get("param_drift") for r in metrics),
         "mean_update_cosine": _mean(r.get("update_cosine") for r in metrics),
         "mean_update_coherence": _mean(r.get("update_coherence") for r in metrics),

@@ -18,8 +18,9 @@ record), ``<out>/claims.md`` (to quote), ``<out>/plots/claim_<k>.png`` and
 default, fixed before any run:
 1. smoother training: the mean over objectives of the std of round-to-round eval-reward changes
    (the summary's ``smoothness``), vs firm beta 0, fedavg_ls, fmgda, jd (PCGrad by default);
-2. less client disagreement drift: ``disagreement`` vs the algorithms whose clients solve for
-   lambda (beta 0, jd: it is 0 by construction for fedavg_ls and fmgda), ``param_drift`` vs
+2. less client disagreement drift: disagreement of the clients' lambda / sum(lambda) (the mix
+   of objectives; jd's weights are not on the simplex) vs the algorithms whose clients solve
+   for lambda (beta 0, jd: it is 0 by construction for fedavg_ls and fmgda), ``param_drift`` vs
    all but fmgda (whose drift is another quantity), and ``update_cosine`` (mean pairwise cosine
    of the client deltas) vs all, when the runs log it;
 3. better reward trade-offs: the hypervolume of the p = uniform point (reference: the seed's

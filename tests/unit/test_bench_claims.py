@@ -119,6 +119,7 @@ def record(
         "initial": [0.43, 0.74],
         "smoothness": [smooth, smooth],
         "mean_disagreement": dis,
+        "simplex_disagreement": dis,
         "mean_param_drift": drift,
         "mean_update_cosine": cos,
         "mean_update_coherence": None,
@@ -360,6 +361,7 @@ def test_records_read_from_real_run_files(tmp_path):
         0.1
     )
     assert r["final_stationarity"] == pytest.approx(0.25)
+    assert r["simplex_disagreement"] == pytest.approx(math.hypot(0.1, 0.1))
     assert r["grad_norm_ratios"] == pytest.approx([2.0, 1.0])
     assert r["lambda_deviation"] == pytest.approx([math.hypot(0.2, 0.2), 0.0])
     assert len(skipped) == 2 and all("not completed" in s for s in skipped)  # nothing silent
@@ -425,3 +427,14 @@ def test_plan_of_a_subset_and_an_unknown_setting(tmp_path, capsys):
     assert "60 trials" in capsys.readouterr().out
     assert paper_claims.main(["--plan", "--out", out, "--settings", "group/adam/M2"]) == 2
     assert paper_claims.main(["--plan", "--out", out, "--jd-aggregator", "nope"]) == 2
+
+
+def test_disagreement_compares_the_mix_of_objectives():
+    """jd's weights are not on the simplex: [1, 1] and [2, 2] take the same mix (0)."""
+    rows = [
+        {"client_lambdas": {"0": [1.0, 1.0], "1": [2.0, 2.0]}},
+        {"client_lambdas": {"0": [1.0, 0.0], "1": [0.0, 1.0], "2": None}},
+        {"client_lambdas": {"0": [0.5, 0.5]}},
+    ]  # one client: no disagreement, not counted
+    assert cd.simplex_disagreement(rows) == pytest.approx((0.0 + math.sqrt(0.5)) / 2)
+    assert cd.simplex_disagreement([]) is None
