@@ -438,3 +438,13 @@ def test_disagreement_compares_the_mix_of_objectives():
     ]  # one client: no disagreement, not counted
     assert cd.simplex_disagreement(rows) == pytest.approx((0.0 + math.sqrt(0.5)) / 2)
     assert cd.simplex_disagreement([]) is None
+
+
+def test_update_cosine_enters_claim_2_for_every_federated_baseline_when_logged():
+    recs = [dict(r, mean_update_cosine=0.1 if r["algo"] == "firm_b1" else 0.0) for r in synthetic()]
+    claim2 = next(
+        c for c in ca.analyse_setting(recs, SEEDS)["claims"] if c["claim"] == ca.CLAIMS[1]
+    )
+    cos = [c for c in claim2["comparisons"] if c["metric"].startswith("update cosine")]
+    assert [c["baseline"] for c in cos] == ["firm_b0", "fedavg_ls", "fmgda", "jd_pcgrad"]
+    assert all(c["higher_better"] and c["verdict"] == "better" for c in cos)
