@@ -217,7 +217,9 @@ def sweep_spec(part: Part, out: Path, quick: bool) -> dict[str, Any]:
         "scheduler": "fifo",
         "output_dir": str(out / "sweeps"),
     }
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
+    # the base file's content is hashed too: an edited quickstart.yaml is a new sweep, not a hit
+    keyed = {**body, "base_text": Path(body["base"]).read_text(encoding="utf-8")}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:8]
     return {"sweep": {"name": f"claims_{s.slug}_{part.role}_{digest}", **body}}
 
 

@@ -367,7 +367,7 @@ def test_records_read_from_real_run_files(tmp_path):
     assert len(skipped) == 2 and all("not completed" in s for s in skipped)  # nothing silent
 
 
-def test_completed_sweep_is_reused_without_running(tmp_path):
+def test_completed_sweep_is_reused_without_running(tmp_path, monkeypatch):
     """The cache: a sweep whose spec (hence name) is unchanged and whose trials all completed
     is taken as it is; --reuse reports a missing one instead of running it."""
     part = cg.Part(cg.Setting("group", "adamw", 2), "uniform", ["firm_b1"], None, [0, 1])
@@ -376,6 +376,16 @@ def test_completed_sweep_is_reused_without_running(tmp_path):
     assert name == cg.sweep_spec(part, tmp_path, quick=False)["sweep"]["name"]  # stable hash
     other = cg.Part(part.setting, "uniform", ["firm_b1"], None, [0, 1, 2])
     assert cg.sweep_spec(other, tmp_path, quick=False)["sweep"]["name"] != name
+    base = tmp_path / "base_m2.yaml"  # an edited base experiment is a new sweep too
+    edited = base.read_text().replace("local_steps: 4", "local_steps: 3")
+    assert edited != base.read_text()
+    src = tmp_path / "src" / cg.BASE_CONFIG.name  # same name: only the content differs
+    src.parent.mkdir()
+    src.write_text(edited)
+    monkeypatch.setattr(cg, "BASE_CONFIG", src)
+    assert cg.sweep_spec(part, tmp_path, quick=False)["sweep"]["name"] != name
+    monkeypatch.undo()
+    assert cg.sweep_spec(part, tmp_path, quick=False)["sweep"]["name"] == name
     from rich.console import Console
 
     console = Console(file=open(tmp_path / "log.txt", "w"))  # noqa: SIM115
