@@ -50,8 +50,8 @@ from pydantic import Field, StrictStr, ValidationError, model_validator
 
 from firm_ray.config import ConfigError, FirmConfig, config_from_dict, load_config
 from firm_ray.config.errors import format_errors
+from firm_ray.config.fields import NonNegInt, PosFloat, PosInt, SafeName, Section
 from firm_ray.config.loading import YamlLoader
-from firm_ray.config.schema import NonNegInt, PosFloat, PosInt, SafeName, Section
 
 __all__ = [
     "SPACE_FORMS",

@@ -21,19 +21,18 @@ Usage::
 Override values are parsed as YAML (``x=[1,2]`` is a list, ``x=foo`` a string, ``x=`` null).
 The YAML loader also reads ``5e-4`` as a float (plain YAML 1.1 would read a string).
 
-Layout: schema.py (the sections), loading.py (YAML, overrides, dump), errors.py (one-line
-messages). This package is the bottom layer: it imports nothing from the rest of firm_ray, nor
-ray or torch.
+Layout: schema.py (the sections and FirmConfig), algorithm.py (the ``algorithm:`` block and its
+per-algorithm options), fields.py (field types, the Section base), loading.py (YAML, overrides,
+dump), errors.py (one-line messages). This package is the bottom layer: it imports nothing from
+the rest of firm_ray, nor ray or torch.
 """
 
+from firm_ray.config.algorithm import ALGORITHMS, MULTI_OBJECTIVE_ALGORITHMS, AlgorithmConfig
 from firm_ray.config.errors import ConfigError
 from firm_ray.config.loading import config_from_dict, dump_config, load_config, save_config
 from firm_ray.config.schema import (
-    ALGORITHMS,
-    MULTI_OBJECTIVE_ALGORITHMS,
     PROMPT_FORMATS,
     REWARD_TYPES,
-    AlgorithmConfig,
     DataConfig,
     ExperimentConfig,
     FederationConfig,

@@ -2,105 +2,33 @@
 
 Why one tree: an experiment touches the model, LoRA, data, rewards, the algorithm, the trainer,
 the federation schedule, Ray and tracking; a typo or bad value must surface at load time, not
-minutes into a run on a remote worker. Loading, YAML and --set overrides live in loading.py.
+minutes into a run on a remote worker. Loading, YAML and --set overrides live in loading.py;
+the field types and the Section base in fields.py; the ``algorithm:`` block in algorithm.py.
 
-(~450 lines: the sections are data with their docstrings, which are the user-facing reference.)
+(The sections are data with their docstrings, which are the user-facing reference.)
 """
 
-import difflib
-import importlib
-import re
-import warnings
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import (
-    AfterValidator,
-    AllowInfNan,
-    BaseModel,
-    ConfigDict,
-    Field,
-    Strict,
-    StrictBool,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-    model_validator,
+from pydantic import Field, StrictBool, StrictStr, model_validator
+
+from firm_ray.config.algorithm import AlgorithmConfig
+from firm_ray.config.errors import Problem, raise_problems
+from firm_ray.config.fields import (
+    Float,
+    NonNegFloat,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    SafeName,
+    Section,
+    interval,
 )
-
-from firm_ray.config.errors import (
-    ConfigError,
-    Problem,
-    dotted,
-    format_errors,
-    raise_problems,
-    show_value,
-)
-
-# --------------------------------------------------------------------------- field types
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
-
-
-def _safe_name(value: str) -> str:
-    if not _SAFE_NAME.fullmatch(value) or value in {".", ".."}:
-        raise ValueError("must be a safe directory name: letters, digits, '.', '_', '-'")
-    return value
-
-
-def _interval(text: str) -> AfterValidator:
-    """Range check such as ``"[0, 1)"``; the interval itself is the error message."""
-    lo, hi = (float(x) for x in text[1:-1].split(","))
-    lo_ok = (lambda v: v >= lo) if text[0] == "[" else (lambda v: v > lo)
-    hi_ok = (lambda v: v <= hi) if text[-1] == "]" else (lambda v: v < hi)
-
-    def check(value: float) -> float:
-        if not (lo_ok(value) and hi_ok(value)):
-            raise ValueError(f"must be in {text}")
-        return value
-
-    return AfterValidator(check)
-
-
-# Floats accept ints (1 -> 1.0) but not strings or bools, and must be finite.
-Float = Annotated[float, Strict(), AllowInfNan(False)]
-PosFloat = Annotated[Float, Field(gt=0)]
-NonNegFloat = Annotated[Float, Field(ge=0)]
-PosInt = Annotated[StrictInt, Field(ge=1)]
-NonNegInt = Annotated[StrictInt, Field(ge=0)]
-SafeName = Annotated[StrictStr, AfterValidator(_safe_name)]
 
 RewardType = Literal[
     "relevance", "harmlessness", "sentiment", "length", "conciseness", "hf_reward_model", "python"
 ]
-# The built-in algorithms (firm_ray/algorithms/, registered by name; tested to match).
-ALGORITHMS: tuple[str, ...] = ("firm", "fedavg_ls", "fmgda", "centralized", "jd")
 REWARD_TYPES: tuple[str, ...] = get_args(RewardType)
-MULTI_OBJECTIVE_ALGORITHMS = ("firm", "fmgda", "jd")  # min_objectives 2 (tested to match)
-
-
-class Section(BaseModel):
-    """Base of every config model: unknown keys are rejected; bad assignments raise ConfigError.
-
-    (No ``__init__`` override: pydantic would route nested validation through it. Build trees with
-    `config_from_dict` / `load_config` to get ConfigError; direct construction raises pydantic's
-    ValidationError, which is also a ValueError.)
-    """
-
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
-    )
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        missing = object()
-        old = self.__dict__.get(name, missing)
-        try:
-            super().__setattr__(name, value)
-        except ValidationError as exc:
-            # pydantic has already stored the value when a model validator rejects it: undo that.
-            if old is not missing:
-                self.__dict__[name] = old
-            raise ConfigError(format_errors(exc, type(self))) from None
-
 
 # --------------------------------------------------------------------------- sections
 
@@ -141,7 +69,7 @@ class LoraConfig(Section):
     """LoRA rank."""
     alpha: PosFloat = 16.0
     """LoRA scaling numerator (the update is scaled by alpha / r)."""
-    dropout: Annotated[Float, _interval("[0, 1)")] = 0.0
+    dropout: Annotated[Float, interval("[0, 1)")] = 0.0
     """Dropout on the LoRA input."""
     target_modules: list[StrictStr] | None = None
     """Module names to adapt; None = a per-architecture default."""
@@ -184,7 +112,7 @@ class DataConfig(Section):
     eval_split: StrictStr | None = None
     """Evaluation prompts: a split name for HF sources with named splits, else the path of a
     second file of the same kind; None = hold out eval_fraction of the training prompts."""
-    eval_fraction: Annotated[Float, _interval("(0, 1)")] = 0.1
+    eval_fraction: Annotated[Float, interval("(0, 1)")] = 0.1
     """Fraction of prompts held out for evaluation when eval_split is None (stratified by
     category)."""
     prompt_field: StrictStr = "prompt"
@@ -236,7 +164,7 @@ class RewardSpec(Section):
     """Reward implementation."""
     normalize: StrictBool = False
     """Normalize this reward's scale before it enters the objective."""
-    kwargs: dict[StrictStr, Any] = {}
+    kwargs: dict[StrictStr, Any] = Field(default_factory=dict)
     """Extra arguments for the reward implementation (e.g. model id for hf_reward_model)."""
 
 
@@ -245,119 +173,6 @@ def _default_rewards() -> list[RewardSpec]:
         RewardSpec(name="relevance", type="relevance"),
         RewardSpec(name="harmlessness", type="harmlessness"),
     ]
-
-
-def _option_problems(exc: ValidationError, options: type[BaseModel]) -> list[Problem]:
-    """An algorithm options model's errors as Problems (same phrasing as every other key)."""
-    lines = format_errors(exc, options)
-    problems = []
-    for err in exc.errors(include_url=False):
-        prefix = f"{dotted(err['loc'])} = {show_value(err['input'])}: "
-        line = next((x for x in lines if x.startswith(prefix)), prefix + err["msg"])
-        problems.append(Problem(tuple(err["loc"]), line[len(prefix) :], err["input"]))
-    return problems
-
-
-class AlgorithmConfig(Section):
-    """The ``algorithm:`` block: the common keys below plus the algorithm's own options.
-
-    The algorithm's own keys (e.g. firm's beta / beta_scale / grad_norm) are validated by its
-    ``Options`` model (firm_ray/algorithms/) and stored with their defaults filled in, so
-    ``cfg.algorithm.beta`` reads them and `dump_config` round-trips. A key that belongs to
-    another registered algorithm (``beta`` with ``name: fedavg_ls``) is dropped with a warning
-    naming it, so one YAML serves every algorithm of a sweep; any other key is an error. The
-    algorithm's module is imported on demand (importlib: this package stays statically below
-    every other layer)."""
-
-    model_config = ConfigDict(
-        extra="allow", validate_assignment=True, use_attribute_docstrings=True
-    )
-
-    name: StrictStr = "firm"
-    """A registered algorithm: firm (in-client regularized min-norm), fedavg_ls (fixed linear
-    scalarization), fmgda (one local trajectory per objective, server-side min-norm over the M
-    averaged deltas), centralized (FIRM's in-client update on one client holding all data), jd
-    (a torchjd weighting in-client); or a dotted path 'package.module:ClassName' to an
-    Algorithm subclass (importable by every Ray worker)."""
-    preference: list[Float] | None = None
-    """Preference over rewards (one entry each, >= 0, sum 1); None = uniform."""
-    mu: NonNegFloat = 0.0
-    """FedProx proximal strength pulling local weights to the round's global adapter (0 = off)."""
-    server_lr: PosFloat = 1.0
-    """Server step size on the averaged adapter update (1.0 = plain averaging)."""
-
-    @model_validator(mode="after")
-    def _options(self) -> "AlgorithmConfig":
-        registry = importlib.import_module("firm_ray.algorithms")
-        try:
-            cls = registry.resolve(self.name)
-        except registry.UnknownAlgorithm as exc:
-            raise_problems([Problem(("name",), str(exc), self.name)])
-        own = cls.Options.model_fields
-        given = dict(self.__pydantic_extra__ or {})
-        foreign = {
-            key
-            for other in registry.REGISTRY.values()
-            for key in other.Options.model_fields
-            if key not in own
-        }
-        problems = []
-        ignored = sorted(k for k in given if k not in own and k in foreign)
-        for key in sorted(k for k in given if k not in own and k not in foreign):
-            allowed = [*type(self).model_fields, *own]
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            reason = f"unknown key{hint}; allowed keys: {', '.join(allowed)}"
-            problems.append(Problem((key,), reason))
-        if ignored:
-            warnings.warn(
-                f"algorithm.{', algorithm.'.join(ignored)}: not an option of algorithm "
-                f"{self.name!r}; ignored",
-                UserWarning,
-                stacklevel=1,
-            )
-        try:
-            options = cls.Options.model_validate({k: v for k, v in given.items() if k in own})
-        except ValidationError as exc:
-            problems += _option_problems(exc, cls.Options)
-        raise_problems(problems)
-        self.__pydantic_extra__ = options.model_dump(mode="json")
-        return self
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        extra = dict(self.__pydantic_extra__ or {})
-        try:
-            super().__setattr__(name, value)
-        except ConfigError:  # a rejected option must not stay behind
-            object.__setattr__(self, "__pydantic_extra__", extra)
-            raise
-
-    def options(self) -> dict[str, Any]:
-        """The algorithm's own keys (validated, defaults filled in)."""
-        return dict(self.__pydantic_extra__ or {})
-
-    def option(self, key: str, default: Any = None) -> Any:
-        """One option of the algorithm, or ``default`` when the algorithm has no such key."""
-        return (self.__pydantic_extra__ or {}).get(key, default)
-
-    def algorithm_class(self) -> Any:
-        """The Algorithm subclass of ``name`` (firm_ray.algorithms, imported on demand)."""
-        return importlib.import_module("firm_ray.algorithms").resolve(self.name)
-
-    def num_trajectories(self, num_objectives: int) -> int:
-        """Local trajectories per client and round (fmgda: M)."""
-        return len(self.algorithm_class()(self, num_objectives)._unit_trajectories())
-
-    def preference_vector(self, num_objectives: int) -> list[float]:
-        """The explicit preference: a copy of `preference`, or uniform when it is None."""
-        if self.preference is None:
-            return [1.0 / num_objectives] * num_objectives
-        if len(self.preference) != num_objectives:
-            raise ConfigError(
-                f"algorithm.preference = {show_value(self.preference)}: has {len(self.preference)} "
-                f"entries, expected {num_objectives}"
-            )
-        return list(self.preference)
 
 
 class TrainerConfig(Section):
@@ -374,7 +189,7 @@ class TrainerConfig(Section):
     learning_rate: PosFloat | None = None
     """Client learning rate; None = the optimizer's default (adamw 5e-4, sgd: see
     firm_ray.trainer.backends.DEFAULT_LEARNING_RATES)."""
-    momentum: Annotated[Float, _interval("[0, 1)")] = 0.0
+    momentum: Annotated[Float, interval("[0, 1)")] = 0.0
     """SGD momentum (0 = plain SGD); only with optimizer 'sgd'."""
     weight_decay: NonNegFloat = 0.0
     """Weight decay (AdamW: decoupled; SGD: L2)."""
@@ -386,7 +201,7 @@ class TrainerConfig(Section):
     """Generation length cap."""
     temperature: PosFloat = 1.0
     """Sampling temperature."""
-    top_p: Annotated[Float, _interval("(0, 1]")] = 1.0
+    top_p: Annotated[Float, interval("(0, 1]")] = 1.0
     """Nucleus sampling mass (1.0 = off)."""
     top_k: NonNegInt = 0
     """Sample only among the k most likely tokens (0 = off)."""
@@ -414,7 +229,7 @@ class TrainerConfig(Section):
     mixed_precision: Literal["none", "bf16"] = "none"
     """'bf16': forward and backward under bf16 autocast; per-objective gradients, the Gram
     matrix and lambda stay float32/float64."""
-    max_skip_fraction: Annotated[Float, _interval("[0, 1]")] = 0.5
+    max_skip_fraction: Annotated[Float, interval("[0, 1]")] = 0.5
     """The run fails, naming the first reason, once more than this fraction of all local steps so
     far were skipped (a reward that raises, non-finite losses); 1.0 = never fail."""
     eval_batch_prompts: PosInt = 16
@@ -430,7 +245,7 @@ class TrainerConfig(Section):
     centred with the advantage's baseline, is subtracted after the advantage (kl_coef in
     advantage units: reward standard deviations with 'group' / 'batch'; the form before issue
     15); 'loss': GRPO's per-token k3 KL term in the loss (one extra backward)."""
-    clip_eps: Annotated[Float, _interval("(0, 1)")] = 0.2
+    clip_eps: Annotated[Float, interval("(0, 1)")] = 0.2
     """PPO ratio clipping epsilon."""
     ppo_epochs: PosInt = 1
     """Optimization passes over each batch of generations."""
@@ -485,7 +300,7 @@ class TrainerConfig(Section):
 class FederationConfig(Section):
     num_clients: PosInt = 8
     """Number of simulated clients, each with its own data shard."""
-    clients_per_round: Annotated[Float, _interval("(0, 1]")] = 0.5
+    clients_per_round: Annotated[Float, interval("(0, 1]")] = 0.5
     """Fraction of clients sampled each round."""
     rounds: PosInt = 5
     """Communication rounds."""
@@ -562,7 +377,7 @@ class WandbConfig(Section):
     """W&B entity (user or team); None = the default entity."""
     group: StrictStr | None = None
     """W&B run group; None = no group."""
-    tags: list[StrictStr] = []
+    tags: list[StrictStr] = Field(default_factory=list)
     """W&B run tags."""
     mode: Literal["offline", "online", "disabled"] = "offline"
     """W&B mode; 'offline' writes locally for a later `wandb sync`."""
