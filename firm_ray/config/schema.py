@@ -96,6 +96,8 @@ class PartitionConfig(Section):
     """Allow a client to receive no prompts (otherwise partitioning fails)."""
 
 
+Optimizer = Literal["adamw", "sgd"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 PromptFormat = Literal["plain", "hh_first_human_turn"]
 PROMPT_FORMATS: tuple[str, ...] = get_args(PromptFormat)
 
@@ -180,7 +182,7 @@ class TrainerConfig(Section):
     """Local optimization backend."""
     deepspeed_config: StrictStr | None = None
     """Path to a DeepSpeed JSON/YAML config; required when backend is 'deepspeed'."""
-    optimizer: Literal["adamw", "sgd"] | None = None
+    optimizer: Optimizer | None = None
     """Client optimizer of the LoRA parameters, fresh every local trajectory (no moments or
     momentum carried between rounds or clients): 'adamw' or 'sgd' (with
     `momentum`); None = the algorithm's default (AdamW; fmgda: SGD, as in Yang et al. 2023,
@@ -190,7 +192,8 @@ class TrainerConfig(Section):
     """Client learning rate; None = the optimizer's default (adamw 5e-4, sgd: see
     firm_ray.trainer.backends.DEFAULT_LEARNING_RATES)."""
     momentum: Annotated[Float, interval("[0, 1)")] = 0.0
-    """SGD momentum (0 = plain SGD); only with optimizer 'sgd'."""
+    """SGD momentum (0 = plain SGD); only with optimizer 'sgd', set here or, with optimizer
+    null, the algorithm's default (fmgda's); checked when the config loads."""
     weight_decay: NonNegFloat = 0.0
     """Weight decay (AdamW: decoupled; SGD: L2)."""
     batch_prompts: PosInt = 8
@@ -453,6 +456,7 @@ class FirmConfig(Section):
                     f"{m} (one per reward); {got}"
                 )
                 problems.append(Problem(("algorithm", "preference"), reason, pref))
+        problems += self._optimizer_problems()
         if algo == "centralized" and self.federation.num_clients != 1:
             reason = "algorithm 'centralized' requires exactly 1 client (FIRM's update, all data)"
             problems.append(
@@ -460,3 +464,25 @@ class FirmConfig(Section):
             )
         raise_problems(problems)
         return self
+
+    def _optimizer_problems(self) -> list[Problem]:
+        """``trainer.optimizer: null`` resolves to the algorithm's default optimizer when a
+        worker builds its trainer: check that default here, at load time, not on the worker."""
+        trainer = self.trainer
+        if trainer.optimizer is not None:
+            return []  # an explicit optimizer is checked by TrainerConfig
+        algo = self.algorithm.name
+        default = self.algorithm.algorithm_class().default_optimizer
+        if default not in OPTIMIZERS:
+            reason = (
+                f"algorithm {algo!r} defaults to {default!r}, which is not one of "
+                f"{', '.join(OPTIMIZERS)}; set trainer.optimizer"
+            )
+            return [Problem(("trainer", "optimizer"), reason, None)]
+        if default != "sgd" and trainer.momentum > 0:
+            reason = (
+                f"only used with optimizer 'sgd'; trainer.optimizer is null and algorithm "
+                f"{algo!r} defaults to {default!r}"
+            )
+            return [Problem(("trainer", "momentum"), reason, trainer.momentum)]
+        return []

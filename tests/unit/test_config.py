@@ -321,6 +321,45 @@ def test_several_errors_one_line_each_unknown_keys_first():
     assert len(lines) == 3
 
 
+class LionDefault(resolve("firm")):
+    """A plug-in algorithm (loaded as 'test_config:LionDefault') whose default optimizer is
+    not one firm_ray builds."""
+
+    default_optimizer = "lion"
+
+
+def test_momentum_with_the_algorithms_default_adamw_fails_at_load():
+    """trainer.optimizer null resolves to the algorithm's default on the worker; momentum with
+    a default of AdamW is refused when the config loads, naming the algorithm and its default."""
+    assert _error(["trainer.momentum=0.9"]) == (
+        "trainer.momentum = 0.9: only used with optimizer 'sgd'; trainer.optimizer is null "
+        "and algorithm 'firm' defaults to 'adamw'"
+    )
+    message = _error(["algorithm.name=fedavg_ls", "trainer.momentum=0.5"])
+    assert message.endswith("algorithm 'fedavg_ls' defaults to 'adamw'"), message
+    assert _error(["trainer.optimizer=adamw", "trainer.momentum=0.9"]) == (
+        "trainer.momentum = 0.9: only used with trainer.optimizer 'sgd'"
+    )
+    # fmgda defaults to SGD; an explicit SGD takes momentum with any algorithm
+    assert config_from_dict({}, ["algorithm.name=fmgda", "trainer.momentum=0.9"])
+    cfg = config_from_dict({}, ["trainer.optimizer=sgd", "trainer.momentum=0.9"])
+    assert cfg.trainer.momentum == 0.9
+    # a later assignment goes through the same check and leaves the tree unchanged
+    cfg = FirmConfig()
+    with pytest.raises(ConfigError, match="algorithm 'firm' defaults to 'adamw'"):
+        cfg.trainer = cfg.trainer.model_copy(update={"momentum": 0.9})
+    assert cfg.trainer.momentum == 0.0
+
+
+def test_a_plugin_algorithms_unknown_default_optimizer_fails_at_load():
+    assert _error(["algorithm.name=test_config:LionDefault"]) == (
+        "trainer.optimizer = None: algorithm 'test_config:LionDefault' defaults to 'lion', "
+        "which is not one of adamw, sgd; set trainer.optimizer"
+    )
+    name = "algorithm.name=test_config:LionDefault"
+    assert config_from_dict({}, [name, "trainer.optimizer=sgd"]).trainer.optimizer == "sgd"
+
+
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
