@@ -189,8 +189,9 @@ class ClientWorker:
         return encode_update(update)
 
     def evaluate(self, global_payload: Payload) -> dict[str, Any]:
-        """Rewards, KL and Pareto stationarity of the global policy on the held-out prompts
-        (trainer/evaluate.py); ``seconds`` includes ``stationarity_seconds``."""
+        """Rewards, KL and (with trainer.eval_pareto_stationarity) Pareto stationarity of the
+        global policy on the held-out prompts (trainer/evaluate.py); ``seconds`` includes
+        ``stationarity_seconds``."""
         trace_task(self.worker_index, "evaluate")
         cfg = self.config
         set_adapter_state(self.policy.model, adapter_from_bytes(global_payload, copy=False))
@@ -209,7 +210,7 @@ class ClientWorker:
             repetition_penalty=cfg.trainer.repetition_penalty,
             max_prompt_tokens=cfg.model.max_prompt_tokens,
             chunk_tokens=cfg.trainer.logprob_chunk_tokens,
-            trainer=cfg.trainer,
+            trainer=cfg.trainer if cfg.trainer.eval_pareto_stationarity else None,
         )
         result["seconds"] = time.perf_counter() - start
         return result
