@@ -347,7 +347,7 @@ def test_runtime_env_excludes_and_no_torch():
     ):
         assert spec.match_file(excluded), excluded
     for kept in (
-        "firm_ray/config.py",
+        "firm_ray/config/schema.py",
         "tune_configs/real_qwen_hh.yaml",
         "bench/core.py",
         "cluster/runtime_env.yaml",
