@@ -8,15 +8,18 @@ the simplex: UPGrad's sum to more than 1), so ``disagreement`` compares what cli
 
 ``algorithm.aggregator`` and whether it uses ``algorithm.preference``:
 
-- ``upgrad`` (Quinton & Rey 2024): yes, as UPGrad's ``pref_vector``; needs the torchjd extra
-  ``quadprog_projector`` (quadprog is GPL, so it is not a dependency of firm_ray).
-- ``dualproj``: yes (``pref_vector``); same extra.
+- ``upgrad`` (Quinton & Rey 2024): yes, as UPGrad's ``pref_vector``. Its dual-cone projection
+  is solved by jd_projector.BvlsProjector (SciPy's bounded least squares: the same QP and
+  preprocessing as torchjd's default QuadprogProjector, whose quadprog is GPL), so no extra.
+- ``dualproj`` (GEM's projection, Lopez-Paz & Ranzato 2017): yes (``pref_vector``); same
+  projector.
 - ``aligned_mtl`` (Senushkin et al. 2023): yes (``pref_vector``).
 - ``mgda`` (Desideri 2012; torchjd's Frank-Wolfe): no.
 - ``pcgrad`` (Yu et al. 2020): no; its random projection order draws from torch's RNG, which
   the trainer seeds per (client, round, step).
 - ``imtl_g`` (Liu et al. 2021): no.
-- ``fairgrad`` (Ban & Ji 2024, ``fairgrad_alpha``): no; needs scipy (extra ``fairgrad``).
+- ``fairgrad`` (Ban & Ji 2024, ``fairgrad_alpha``): no; needs scipy (a dependency of firm_ray,
+  for the projector above).
 - ``cagrad`` (Liu et al. 2021, ``cagrad_c``): no; needs the extra ``cagrad`` (cvxpy).
 - ``nash_mtl`` (Navon et al. 2022): no; needs the extra ``nash_mtl`` (cvxpy, ecos); fresh
   state every local trajectory.
@@ -44,22 +47,19 @@ class JdAggregator:
     weighting: str  # class name in torchjd.aggregation
     uses_preference: bool = False
     on_matrix: bool = False  # takes the [M, P] matrix, not its Gram matrix
+    dual_cone: bool = False  # projects onto the dual cone: given jd_projector.BvlsProjector
     extra: str = ""  # torchjd pip extra
     deps: tuple[str, ...] = ()
 
 
 AGGREGATORS: dict[str, JdAggregator] = {
-    "upgrad": JdAggregator(
-        "UPGradWeighting", True, extra="quadprog_projector", deps=("qpsolvers", "quadprog")
-    ),
-    "dualproj": JdAggregator(
-        "DualProjWeighting", True, extra="quadprog_projector", deps=("qpsolvers", "quadprog")
-    ),
+    "upgrad": JdAggregator("UPGradWeighting", True, dual_cone=True),
+    "dualproj": JdAggregator("DualProjWeighting", True, dual_cone=True),
     "aligned_mtl": JdAggregator("AlignedMTLWeighting", True),
     "mgda": JdAggregator("MGDAWeighting"),
     "pcgrad": JdAggregator("PCGradWeighting"),
     "imtl_g": JdAggregator("IMTLGWeighting"),
-    "fairgrad": JdAggregator("FairGradWeighting", extra="fairgrad", deps=("scipy",)),
+    "fairgrad": JdAggregator("FairGradWeighting"),
     "cagrad": JdAggregator("CAGradWeighting", extra="cagrad", deps=("cvxpy", "clarabel")),
     "nash_mtl": JdAggregator("NashMTL", on_matrix=True, extra="nash_mtl", deps=("cvxpy", "ecos")),
 }
@@ -128,6 +128,10 @@ class Jd(Algorithm):
 
         cls = getattr(tja, self.spec.weighting)
         name = self.options.aggregator
+        if self.spec.dual_cone:  # not torchjd's default projector: its quadprog is GPL
+            from firm_ray.algorithms.jd_projector import BvlsProjector
+
+            return cls(pref_vector=preference, projector=BvlsProjector())
         if self.spec.uses_preference:
             return cls(pref_vector=preference)
         if name == "cagrad":

@@ -7,6 +7,7 @@ import torch
 
 from firm_ray.algorithms import REGISTRY, Algorithm, build_algorithm, build_strategy, resolve
 from firm_ray.algorithms.jd import AGGREGATORS, available_aggregators, missing_extra
+from firm_ray.algorithms.jd_projector import BvlsProjector
 from firm_ray.config import (
     ALGORITHMS,
     MULTI_OBJECTIVE_ALGORITHMS,
@@ -152,7 +153,9 @@ def test_jd_weights_are_torchjds_own(name) -> None:
     spec = AGGREGATORS[name]
     weighting = getattr(tja, spec.weighting)
     own = (
-        weighting(pref_vector=pref)
+        weighting(pref_vector=pref, projector=BvlsProjector())
+        if spec.dual_cone
+        else weighting(pref_vector=pref)
         if spec.uses_preference
         else weighting(alpha=1.0)
         if name == "fairgrad"
