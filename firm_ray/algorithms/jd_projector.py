@@ -16,7 +16,10 @@ bounded least-squares problem min ||A v||^2 s.t. v >= u, solved by SciPy's (BSD-
 ``lsq_linear(method="bvls")``, an active-set method that ends on the exact active set. Clarabel's
 interior point was tried first and rejected: against the exact active-set enumeration of
 tests/unit/test_jd_projector.py, up to 3e-4 relative error when an active constraint's multiplier
-is near 0 (tolerance 1e-10) and MaxIterations on 4 of 2160 random problems; BVLS: 6.5e-13.
+is near 0 (tolerance 1e-10) and MaxIterations on 4 of 2160 random problems; BVLS: 2e-12 on
+the same 2160. Compared once by hand with torchjd's QuadprogProjector (quadprog installed
+outside firm_ray): at most 7.4e-10 apart over 3520 rows, m = 2..8, and UPGrad / DualProj's
+weights; about 0.9 ms per UPGrad weighting at m = 3 (QuadprogProjector 0.4 ms).
 Every answer is checked against the QP's optimality (KKT) conditions; one that fails raises
 (as QuadprogProjector does when quadprog fails) rather than being used or silently replaced.
 """
@@ -62,10 +65,16 @@ class BvlsProjector(DualConeProjector):
 def solve(u: np.ndarray, root: np.ndarray, gram: np.ndarray) -> np.ndarray:
     """argmin_v ||root v||^2 = v^T G v s.t. v >= u, checked against the KKT conditions."""
     m = len(u)
-    result = lsq_linear(root, np.zeros(m), bounds=(u, np.inf), method="bvls", tol=1e-15)
+    # BVLS frees one bound per iteration (SciPy's default allows m); a few more cost nothing.
+    # Its own stop (status 0 = out of iterations, 1-3 = converged) is not the judge: the KKT
+    # conditions are necessary and sufficient here (convex QP, G positive definite after
+    # regularization), so an answer that meets them is the solution whatever the status says.
+    result = lsq_linear(
+        root, np.zeros(m), bounds=(u, np.inf), method="bvls", tol=1e-12, max_iter=4 * m + 10
+    )
     v = np.asarray(result.x, dtype=np.float64)
     violation = kkt_violation(v, u, gram)
-    if not (result.success and violation <= KKT_TOL * max(1.0, float(np.abs(u).max()))):
+    if not violation <= KKT_TOL * max(1.0, float(np.abs(u).max())):
         raise ValueError(
             f"UPGrad/DualProj projection not solved (BVLS status {result.status}, KKT violation "
             f"{violation:.3g}, m={m}, trace of the normalized Gramian {np.trace(gram):.3g})"

@@ -68,6 +68,29 @@ def test_projection_is_the_exact_qp_solution(m: int, rank: int) -> None:
     assert worst < 1e-6, worst
 
 
+@pytest.mark.parametrize("m", [2, 3, 4, 5])
+def test_weightings_match_the_exact_qp_for_random_preferences(m: int) -> None:
+    """UPGrad's and DualProj's own calls (u = diag(p) rows and u = p, p on the simplex), the
+    inputs jd gives: exact, and never a refusal (BVLS's own stop once gave up on optimal answers:
+    the KKT check is the judge)."""
+    gen = torch.Generator().manual_seed(m)
+    projector = BvlsProjector()
+    worst = 0.0
+    for trial in range(30):
+        gram = random_gramian(m, 1 + trial % m, 10.0 ** (trial % 10 - 4), gen)
+        p = torch.rand(m, dtype=torch.float64, generator=gen)
+        p = p / p.sum()
+        prepared = regularize(normalize(gram, 1e-4), 1e-4)
+        dual = DualProjWeighting(pref_vector=p, projector=projector)(gram)
+        up = UPGradWeighting(pref_vector=p, projector=projector)(gram)
+        want_up = sum(
+            exact_projection(p[i] * torch.eye(m, dtype=p.dtype)[i], prepared) for i in range(m)
+        )
+        worst = max(worst, float((dual - exact_projection(p, prepared)).abs().max()))
+        worst = max(worst, float((up - want_up).abs().max()))
+    assert worst < 1e-9, worst
+
+
 def test_batches_and_a_vanishing_gramian() -> None:
     """UPGrad passes U = diag(p) ([m, m]), DualProj one u ([m]): same rows, same answers. All-zero
     gradients: normalize gives 0, so G = reg_eps I and v = max(u, 0)."""
