@@ -7,8 +7,9 @@ A local step, top to bottom, every tensor on ``policy.device``:
   1. sample B prompts of the client, G completions each, with the current policy (no grad),
      recording each sampled token's log-prob under the sampling distribution;
   2. score every completion with every reward: R [B*G, M], moved to the device;
-  3. per-objective advantages (group-relative by default); with ``kl_mode: reward`` the
-     sequence log-ratio to the reference (adapter disabled) is a baselined penalty in each;
+  3. per-objective advantages (trainer.advantage: group | batch | group_mean | batch_mean) with
+     the KL to the reference (adapter disabled) placed by trainer.kl_mode (losses.py
+     objective_advantages; default: kl_coef * KL off every raw reward, DESIGN.md);
   4-5. for each PPO epoch and each micro-batch: one forward, the factored clipped-surrogate
      loss (truncated importance weights when sampling != policy), and its share of the M
      per-objective gradients (firm_ray.core.gradients), accumulated exactly;
@@ -24,9 +25,10 @@ reason; a client whose steps all skipped sends nothing; an adapter that ends non
 returned flagged invalid for the server to reject.
 
 Where this departs from the paper: advantages are GRPO's group-normalized rewards per objective
-(the paper's policy gradient is generic), the KL penalty defaults to the reward (score-function
-gradient of the sequence KL, one backward for all objectives), and the optimizer state is fresh
-every round (standard in FL; nothing but the adapter survives a round).
+by default (the paper's policy gradient is generic; trainer.advantage group_mean keeps reward
+scales), the KL penalty is a score-function term in the rewards (one backward for all
+objectives), and the optimizer (trainer.optimizer, the algorithm's default when null) is fresh
+every trajectory (standard in FL; nothing but the adapter survives a round).
 
 (~450 lines: the round, the trajectory and the step read top to bottom in one place; the step's
 bookkeeping lives in step_parts.py, its losses in losses.py.)
@@ -57,9 +59,8 @@ from firm_ray.rewards import RewardError, score_all
 from firm_ray.trainer.backends import Backend, build_backend
 from firm_ray.trainer.losses import (
     SurrogateLoss,
-    advantages,
-    baseline_centered,
     causal_lm,
+    objective_advantages,
     sequence_kl,
     surrogate_loss,
     token_logprobs,
@@ -127,7 +128,9 @@ class LocalTrainer:
                 trainer.top_k,
                 trainer.repetition_penalty,
             )
-        self.backend: Backend = build_backend(policy.model, self.params, trainer)
+        self.backend: Backend = build_backend(
+            policy.model, self.params, trainer, algorithm_default=self.algo.default_optimizer
+        )
         self.grads = ObjectiveGradients(policy.model, self.params)
         # LoRA dropout makes the training forward differ from the sampling one: then the first
         # PPO epoch's ratio is not exactly 1 and the general (clipped, K = 2) loss form is used.
@@ -272,9 +275,8 @@ class LocalTrainer:
             if not bool(mask.any()):
                 return skip_step(log, "every completion was truncated (trainer.mask_truncated)")
 
-        # 3. per-objective advantages; reference log-probs (no grad) for the KL penalty
-        adv = advantages(rewards, samples.group_size, cfg.advantage)
-        ref_logp = old_logp = None
+        # 3. reference log-probs (no grad) for the KL penalty; per-objective advantages
+        ref_logp = old_logp = kl = None
         with timer("forward"), torch.no_grad():
             if cfg.kl_coef > 0:
                 with policy.reference():
@@ -284,9 +286,9 @@ class LocalTrainer:
         if ref_logp is not None:
             kl = sequence_kl(samples.sample_logp, ref_logp, mask)
             log["kl"].append(float(kl.mean()))
-            if cfg.kl_mode == "reward":
-                penalty = baseline_centered(kl, samples.group_size, cfg.advantage)
-                adv = adv - cfg.kl_coef * penalty[:, None]
+        adv = objective_advantages(
+            rewards, kl, samples.group_size, cfg.advantage, cfg.kl_coef, cfg.kl_mode
+        )
 
         # 4-8. PPO epochs over the same batch, micro-batched
         policy.model.train()
@@ -299,6 +301,8 @@ class LocalTrainer:
                 return skip_step(log, "non-finite loss or gradient")
             if epoch == 0:
                 log["importance_weight"].append(float(state.mean_importance_weight()))
+                if grads.shape[0] > 1:  # what lets beta matter: unequal per-objective norms
+                    log["objective_grad_norms"].append(grads.double().norm(dim=1).tolist())
             with timer("solve"):
                 prox = self._proximal_grad(anchor)
                 lam, direction, coef = self.algo.direction(grads, losses, preference, prox)
