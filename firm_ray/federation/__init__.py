@@ -7,7 +7,6 @@ from firm_ray.federation.strategies import (
     FedAvgStrategy,
     RoundFailed,
     Strategy,
-    build_strategy,
     sample_clients,
 )
 
@@ -16,6 +15,5 @@ __all__ = [
     "FedAvgStrategy",
     "RoundFailed",
     "Strategy",
-    "build_strategy",
     "sample_clients",
 ]

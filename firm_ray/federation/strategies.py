@@ -22,7 +22,6 @@ clients report (``steps``, ``skipped_steps``, ``skip_reasons``, ...) for the rou
 
 from __future__ import annotations
 
-import importlib
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -247,11 +246,3 @@ class FedAvgStrategy(Strategy):
         self._enough(accepted, rejected, failures)
         state = server_update(global_state, average.result(), self.server_lr)
         return AggregateResult(state=state, accepted=accepted, rejected=rejected)
-
-
-def build_strategy(config: FirmConfig) -> Strategy:
-    """The server side of ``config.algorithm.name``: `firm_ray.algorithms.build_strategy`.
-
-    Kept at its old address for existing callers (tests/unit/test_device.py,
-    test_skipped_steps.py); imported on demand because the algorithms sit above this layer."""
-    return importlib.import_module("firm_ray.algorithms").build_strategy(config)

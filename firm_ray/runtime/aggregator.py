@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from firm_ray.algorithms import build_algorithm
 from firm_ray.config import config_from_dict
-from firm_ray.core.aggregation import state_distance
-from firm_ray.core.metrics import disagreement
+from firm_ray.core.aggregation import state_delta, state_distance
+from firm_ray.core.metrics import UpdateConflict, disagreement
 from firm_ray.models.adapter import Payload, adapter_from_bytes, adapter_to_buffer
 from firm_ray.runtime.checkpoint import (  # noqa: F401  (re-exported: loop, sweep, tests)
     CHECKPOINT_ADAPTER,
@@ -126,7 +126,7 @@ class Aggregator:
         for client in result.accepted:
             if by_id[client].client_state:
                 self.client_states[client] = by_id[client].client_state
-        drift = self._drift([(by_id[c], wires[c]) for c in result.accepted], previous)
+        drift, conflict = self._drift([(by_id[c], wires[c]) for c in result.accepted], previous)
         lambdas = {str(c): by_id[c].metrics.get("lambda") for c in result.accepted}
         lambda_rows = [v for v in lambdas.values() if v is not None]
         payload = self.global_payload()
@@ -136,6 +136,7 @@ class Aggregator:
             "client_lambdas": lambdas,
             "disagreement": disagreement(lambda_rows) if lambda_rows else None,
             "param_drift": drift,
+            **conflict,
             "bytes_up": bytes_up,
             "bytes_down_next": int(payload.nbytes),
             "client_metrics": {str(h.client_id): h.metrics for h in headers},
@@ -147,10 +148,11 @@ class Aggregator:
 
     def _drift(
         self, updates: list[tuple[ClientUpdate, WireUpdate | list[Any]]], previous: AdapterState
-    ) -> float:
+    ) -> tuple[float, dict[str, float | None]]:
         """Mean ||theta_i - theta^{t+1}|| over the accepted clients' updates, in client-id
         order (theta_i as the algorithm's ``local_adapter`` says; fmgda: theta^t + the client's
-        mean per-objective delta).
+        mean per-objective delta), and the update conflict of their deltas theta_i - theta^t
+        (`UpdateConflict`: mean pairwise cosine and coherence, comparable across algorithms).
 
         A second pass (theta^{t+1} is known only after the first), over decoded views of the
         payloads the first pass already fetched (fetched again beyond DRIFT_HOLD_BYTES), no
@@ -158,13 +160,16 @@ class Aggregator:
         faster at best, slower under load; the pass is bound by memory traffic.)"""
         assert self.state is not None
         distances = []
+        conflict = UpdateConflict()
         for header, item in updates:
             wire = item if isinstance(item, tuple) else (header, ray.get(item[0]))
             update = decode_update(wire, copy=False)
             payloads = [update.adapter] if update.adapter is not None else update.objective_deltas
             local = self.algorithm.local_adapter(payloads or [{}], previous)
             distances.append(state_distance(local, self.state))
-        return float(sum(distances) / len(distances)) if distances else 0.0
+            conflict.add(state_delta(local, previous))
+        drift = float(sum(distances) / len(distances)) if distances else 0.0
+        return drift, conflict.result()
 
     # ------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, round_index: int, extra: dict[str, Any]) -> str:

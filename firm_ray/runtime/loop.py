@@ -378,10 +378,6 @@ def _init_ray(config: FirmConfig) -> bool:
     return init_ray(config)
 
 
-# tests/unit/test_skipped_steps.py imports the console line under its old private name; it goes
-# once that test imports print_round from firm_ray.runtime.console
-_print_round = print_round
-
 __all__ = [
     "FederatedRun",
     "RunError",

@@ -64,6 +64,9 @@ def round_row(
         "rewards_by_category": evaluation["rewards_by_category"] if evaluation else None,
         "kl": evaluation["kl"] if evaluation else None,
         "client_lambdas": server["client_lambdas"],
+        # mean per-objective gradient norms of each client's steps (first PPO epoch, before
+        # algorithm.grad_norm): unequal norms are what let FIRM's beta matter
+        "client_grad_norms": {c: client_metrics[c].get("objective_grad_norms") for c in accepted},
         "disagreement": server["disagreement"],
         "param_drift": server["param_drift"],
         "bytes_up": server["bytes_up"],

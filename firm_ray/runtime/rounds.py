@@ -14,7 +14,7 @@ import ray
 from rich.console import Console
 
 from firm_ray.config import FirmConfig
-from firm_ray.federation import RoundFailed, sample_clients
+from firm_ray.federation import RoundFailed
 from firm_ray.federation.strategies import round_step_metrics
 from firm_ray.runtime.cluster import Cluster
 from firm_ray.runtime.errors import RunError
@@ -73,8 +73,9 @@ def one_round(
         return cluster.from_aggregator(server_ref), new_payload
 
     fed = config.federation
-    clients = sample_clients(
-        config.experiment.seed, round_index, fed.num_clients, fed.clients_sampled_per_round
+    clients = on_aggregator(  # the algorithm's selection (default: seeded sample_clients)
+        lambda: cluster.from_aggregator(cluster.aggregator.configure_round.remote(round_index)),
+        "selecting the round's clients",
     )
     for attempt in range(ROUND_RETRIES + 1):
         round_start = time.perf_counter()

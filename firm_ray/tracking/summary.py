@@ -101,6 +101,7 @@ METRICS_KEYS = (
     "rewards_by_category",
     "kl",
     "client_lambdas",
+    "client_grad_norms",
     "disagreement",
     "param_drift",
     "bytes_up",

@@ -136,9 +136,9 @@ def test_step_math_keeps_its_inputs_device() -> None:
 @pytest.mark.parametrize("algorithm", ["firm", "fmgda"])
 def test_server_aggregation_creates_no_tensor_off_the_updates_device(algorithm) -> None:
     """The aggregator's math (strategies, drift, disagreement) on CPU client updates."""
+    from firm_ray.algorithms import build_strategy
     from firm_ray.core.aggregation import state_distance
     from firm_ray.core.metrics import disagreement
-    from firm_ray.federation.strategies import build_strategy
     from firm_ray.types import ClientUpdate
 
     cfg = load_config(None, [f"algorithm.name={algorithm}"])

@@ -78,6 +78,8 @@ def test_chunked_logprobs_and_their_gradients_equal_the_full_logits_ones(world) 
 
 def epoch_gradients(world, *overrides: str, mode: str = "firm") -> tuple[torch.Tensor, ...]:
     model_dir, policy, rewards, samples, scores = world
+    if mode == "fixed":  # one combined gradient: linear scalarization's cheaper step
+        overrides = (*overrides, "algorithm.name=fedavg_ls")
     cfg = load_config(None, [f"model.name_or_path={model_dir}", *SMALL, *overrides])
     start = get_adapter_state(policy.model)
     trainer = LocalTrainer(policy, rewards, cfg.trainer, cfg.algorithm, 1, seed=0)
@@ -87,9 +89,7 @@ def epoch_gradients(world, *overrides: str, mode: str = "firm") -> tuple[torch.T
         adv = advantages(scores, samples.group_size)
         state = EpochState(samples, mask, adv, None, None)
         log: dict = defaultdict(list)
-        grads, losses, _ = trainer._epoch_gradients(
-            state, True, mode, trainer.preference, Timer(log)
-        )
+        grads, losses, _ = trainer._epoch_gradients(state, True, trainer.preference, Timer(log))
         return grads, losses, state.weights
     finally:
         policy.model.eval()

@@ -13,10 +13,12 @@ import pytest
 import torch
 from rich.console import Console
 
+from firm_ray.algorithms import build_strategy
 from firm_ray.config import FirmConfig, load_config
-from firm_ray.federation import RoundFailed, build_strategy
+from firm_ray.federation import RoundFailed
 from firm_ray.federation.strategies import round_step_metrics
-from firm_ray.runtime.loop import RunError, _print_round, check_skip_fraction
+from firm_ray.runtime.console import print_round
+from firm_ray.runtime.loop import RunError, check_skip_fraction
 from firm_ray.tracking import build_summary, summary_table
 from firm_ray.tracking.report import StepTotals
 from firm_ray.types import ClientUpdate
@@ -177,7 +179,7 @@ def test_console_line_shows_skips_and_left_out_clients_only_when_there_are_some(
             "skip_reasons": [REASON] if skipped else [],
         }  # fmt: skip
         console = Console(record=True, width=300)
-        _print_round(console, cfg("federation.rounds=3"), row)
+        print_round(console, cfg("federation.rounds=3"), row)
         return console.export_text()
 
     left_out = [{"client": 1, "reason": f"all 4 local steps skipped: {REASON}"}]

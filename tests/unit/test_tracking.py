@@ -60,6 +60,7 @@ def synthetic_rows(num_objectives: int, rounds: int = 8, seed: int = 0) -> list[
                 ),
                 "kl": 0.01 * rnd if evaluated else None,
                 "client_lambdas": lambdas,
+                "client_grad_norms": {c: [0.05, 0.02 + 0.01 * rnd] for c in lambdas},
                 "disagreement": float(rng.uniform(0.05, 0.3)) if len(ok) > 1 else None,
                 "param_drift": float(rng.uniform(0.01, 0.1)),
                 "bytes_up": {str(c): 73_760 for c in ok},
