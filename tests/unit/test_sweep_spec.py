@@ -474,7 +474,7 @@ def test_trial_overrides_order_and_extra(tmp_path):
             "algorithm.beta": {"grid": [0.1, 3]},
             "algorithm.preference": {"simplex": {"points": 3}},
         },
-        variants={"ls": ["algorithm.name=fedavg_ls", "algorithm.beta=0.5"], "firm": []},
+        variants={"ls": ["algorithm.beta_scale=absolute", "algorithm.beta=0.5"], "firm": []},
     )
     assert sweep.num_trials() == 2 * 2 * 3 * 2
     params = {
@@ -484,21 +484,21 @@ def test_trial_overrides_order_and_extra(tmp_path):
         "algorithm.preference": [0.5, 0.5],
     }
     assert sweep.trial_overrides(params) == [
-        "algorithm.name=fedavg_ls",
+        "algorithm.beta_scale=absolute",
         "algorithm.beta=0.5",
         "experiment.seed=1",
         "algorithm.beta=3",
         "algorithm.preference=[0.5, 0.5]",
     ]
     cfg = sweep.trial_config(params)
-    assert cfg.algorithm.name == "fedavg_ls"
+    assert cfg.algorithm.beta_scale == "absolute"
     assert cfg.algorithm.beta == 3.0  # the swept value comes after the variant's
     assert (cfg.experiment.seed, cfg.algorithm.preference) == (1, [0.5, 0.5])
     assert cfg.experiment.name == "base"
     cfg = sweep.trial_config(params, extra=["algorithm.beta=7", "experiment.name=trial_0001"])
     assert (cfg.algorithm.beta, cfg.experiment.name) == (7.0, "trial_0001")  # extra comes last
     firm = sweep.trial_config({**params, "variant": "firm"})
-    assert (firm.algorithm.name, firm.algorithm.beta) == ("firm", 3.0)
+    assert (firm.algorithm.beta_scale, firm.algorithm.beta) == ("relative", 3.0)
     with pytest.raises(ConfigError, match=r"algorithm\.beta = -1"):
         sweep.trial_config(params, extra=["algorithm.beta=-1"])
 

@@ -118,8 +118,11 @@ def test_fmgda_returns_one_delta_per_objective(world) -> None:
     prompts = splits.train[:64]
     update = make_trainer(world, "algorithm.name=fmgda").run_round(start, prompts, 0, 0)
     assert update.adapter is None and len(update.objective_deltas) == 2
-    # trajectory m is fedavg_ls with p = e_m from the same start (its own seeds)
-    first_only = make_trainer(world, "algorithm.name=fedavg_ls", "algorithm.preference=[1,0]")
+    # trajectory m is fedavg_ls with p = e_m from the same start (its own seeds), with fmgda's
+    # default optimizer (local SGD, as in Yang et al. 2023)
+    first_only = make_trainer(
+        world, "algorithm.name=fedavg_ls", "algorithm.preference=[1,0]", "trainer.optimizer=sgd"
+    )
     expected = first_only.run_round(start, prompts, 0, 0).adapter
     for k in start:
         got = start[k] + update.objective_deltas[0][k]
