@@ -31,7 +31,7 @@ SENTIMENT = {"name": "sentiment", "type": "sentiment", "normalize": False, "kwar
 
 FIRM = "firm_b1"  # FIRM as the project ships it (beta 1, relative): fixed before any run
 BETA_GRID = (0.0, 0.1, 1.0, 10.0)
-JD_AGGREGATOR = "pcgrad"  # torchjd without extras; upgrad needs the GPL quadprog (--jd-aggregator)
+JD_AGGREGATOR = "upgrad"  # torchjd's UPGrad through firm_ray's BVLS projector (no GPL quadprog)
 
 # The world and the federation, equal for every trial (see paper_claims.py: what was cut)
 STUDY_SET = [

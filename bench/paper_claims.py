@@ -46,8 +46,8 @@ evaluation) and 30 s of start, with the 2 cores shared with three other agents' 
 - 2 clients per round instead of 4 and 64 eval prompts instead of 123 halve a trial; the
   disagreement and conflict metrics need >= 2 clients, which they keep;
 - jd and centralized run at M = 2 only (claims 1-3 lose the jd comparison at M = 3;
-  centralized is a reference, never a baseline). jd's aggregator is PCGrad: torchjd's UPGrad
-  needs the GPL quadprog extra (``--jd-aggregator upgrad`` once it is installed);
+  centralized is a reference, never a baseline). jd's aggregator is UPGrad (torchjd, through
+  firm_ray's BVLS projector; no GPL dependency);
 - the beta grid {0.1, 10} and the preference sweeps (FIRM and fedavg_ls at p = (1, 0), (0, 1))
   run in two anchor settings only: group/adamw/M2 (today's default) and group_mean/sgd/M2 (the
   faithful knobs of issue 15), so claims 3 (over the sweep) and 5 are tested there alone, and
@@ -160,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--jd-aggregator",
         default=JD_AGGREGATOR,
-        help=f"the torchjd baseline (default {JD_AGGREGATOR}; "
-        "upgrad needs torchjd[quadprog_projector])",
+        help=f"the torchjd baseline (default {JD_AGGREGATOR})",
     )
     args = parser.parse_args(argv)
     seeds = args.seeds or ([0] if args.quick else SEEDS)
