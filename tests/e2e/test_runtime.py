@@ -47,13 +47,19 @@ def test_quickstart_artifacts(tmp_path, world_model_dir) -> None:
         assert len(row["clients"]) == 2 and not row["failed"]
         assert set(row["client_lambdas"]) == {str(c) for c in row["clients"]}
         assert row["disagreement"] is not None and row["param_drift"] > 0
+        # issue 15's cross-algorithm metrics: update conflict of the 2 clients' deltas, the
+        # per-objective gradient norms of each client, the global model's Pareto stationarity
+        assert -1.0 <= row["update_cosine"] <= 1.0 and 0.0 < row["update_coherence"] <= 1.0
+        assert set(row["client_grad_norms"]) == {str(c) for c in row["clients"]}
+        assert all(len(n) == 2 and min(n) > 0 for n in row["client_grad_norms"].values())
+        assert row["pareto_stationarity"] > 0
         up = set(row["bytes_up"].values())
         assert len(up) == 1 and up == set(row["bytes_down"].values())  # one adapter each way
         for key in ("generate", "score", "backward", "solve", "aggregation", "round_wall"):
             assert key in row["timing"]
     assert load_config(run_dir / "config.yaml").federation.rounds == 2
     assert (run_dir / "partition.json").exists()
-    for plot in ("rewards.png", "lambdas.png", "disagreement.png"):
+    for plot in ("rewards.png", "lambdas.png", "disagreement.png", "conflict.png"):
         assert (run_dir / "plots" / plot).stat().st_size > 1000
     base = AutoModelForCausalLM.from_pretrained(world_model_dir)
     peft = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
