@@ -17,7 +17,7 @@ record), ``<out>/claims.md`` (to quote), ``<out>/plots/claim_<k>.png`` and
 **The claims** (DESIGN.md and the paper's abstract), FIRM = firm beta 1 relative, the shipped
 default, fixed before any run:
 1. smoother training: the mean over objectives of the std of round-to-round eval-reward changes
-   (the summary's ``smoothness``), vs firm beta 0, fedavg_ls, fmgda, jd (PCGrad by default);
+   (the summary's ``smoothness``), vs firm beta 0, fedavg_ls, fmgda, jd (UPGrad by default);
 2. less client disagreement drift: disagreement of the clients' lambda / sum(lambda) (the mix
    of objectives; jd's weights are not on the simplex) vs the algorithms whose clients solve
    for lambda (beta 0, jd: it is 0 by construction for fedavg_ls and fmgda), ``param_drift`` vs
