@@ -247,8 +247,8 @@ def test_resolve_config_builds_the_clients_sgd():
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (
-            json.loads((CONFIGS / "zero2.json").read_text()),
+        (  # a user's file pinning AdamW (the shipped ones say 'auto')
+            {**json.loads((CONFIGS / "zero2.json").read_text()), "optimizer": {"type": "AdamW"}},
             r"optimizer\.type = 'AdamW' but the client optimizer is 'sgd' \(trainer\.optimizer "
             r"= None, None = the algorithm's default\); set optimizer\.type to 'auto' or 'SGD'",
         ),
