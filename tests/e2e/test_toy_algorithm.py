@@ -101,6 +101,5 @@ def test_toy_algorithm_runs_end_to_end(tmp_path) -> None:
     for row in rows:
         for lam in row["client_lambdas"].values():
             assert lam == pytest.approx([0.5, 0.5])
-    # the custom selection: needs runtime/loop.py to call aggregator.configure_round (the lead
-    # wires it); until then the loop's own seeded sample_clients picks the clients
+    # the custom selection: the round's clients come from the strategy's configure_round
     assert [r["clients"] for r in rows] == [[0, 1], [1, 2], [2, 3]]
