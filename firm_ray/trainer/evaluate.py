@@ -24,7 +24,7 @@ from firm_ray.trainer.losses import (
     surrogate_loss,
     token_logprobs,
 )
-from firm_ray.trainer.step_parts import EpochState, micro_batches
+from firm_ray.trainer.step_parts import EpochState, bf16_autocast, loss_mask, micro_batches
 
 
 @torch.no_grad()
@@ -137,7 +137,7 @@ def surrogate_stationarity(
     """
     device = policy.device
     rewards = scores.to(device=device, dtype=torch.float32)
-    masks = [_loss_mask(samples, cfg) for samples, _ in batches]
+    masks = [loss_mask(samples, cfg.mask_truncated) for samples, _ in batches]
     if not masks or not any(bool(m.any()) for m in masks):
         return _skipped("every evaluation completion is masked out (trainer.mask_truncated)")
     group = batches[0][0].group_size
@@ -156,9 +156,6 @@ def surrogate_stationarity(
     adv = objective_advantages(rewards, kl, group, cfg.advantage, cfg.kl_coef, cfg.kl_mode)
     num_seqs = rewards.shape[0]
     grad_fn = ObjectiveGradients(policy.model, policy.trainable_parameters)
-    autocast = torch.autocast(
-        device_type=device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"
-    )
     grads: torch.Tensor | None = None
     offset = 0
     rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
@@ -168,7 +165,7 @@ def surrogate_stationarity(
             state = EpochState(samples, mask, adv[offset : offset + size], ref, None)
             offset += size
             for rows in micro_batches(size, cfg.micro_batch_size):
-                with grad_fn.capture(), autocast:
+                with grad_fn.capture(), bf16_autocast(device, cfg.mixed_precision):
                     logp = token_logprobs(
                         policy.model,
                         samples.input_ids[rows],
@@ -200,15 +197,6 @@ def surrogate_stationarity(
         "pareto_stationarity": pareto_stationarity(grads),
         "objective_grad_norms": norms.tolist(),
     }
-
-
-def _loss_mask(samples: Samples, cfg: TrainerConfig) -> torch.Tensor:
-    """The completion tokens a local step's loss uses (trainer.mask_truncated drops those of
-    completions without an EOS)."""
-    mask = samples.completion_mask.to(torch.float32)
-    if cfg.mask_truncated:
-        mask = mask * (~samples.truncated)[:, None].to(mask.dtype)
-    return mask
 
 
 def _skipped(reason: str) -> dict[str, Any]:

@@ -68,6 +68,8 @@ from firm_ray.trainer.losses import (
 from firm_ray.trainer.step_parts import (
     EpochState,
     Timer,
+    bf16_autocast,
+    loss_mask,
     merge_metric,
     micro_batches,
     set_activation_checkpointing,
@@ -269,11 +271,9 @@ class LocalTrainer:
         rewards = rewards.to(device=self.device, dtype=torch.float32)
         log["rewards"].append(rewards.mean(dim=0).tolist())
         rewards, preference = self.algo.transform_rewards(rewards, preference)
-        mask = samples.completion_mask.to(torch.float32)
-        if cfg.mask_truncated:
-            mask = mask * (~samples.truncated)[:, None].to(mask.dtype)
-            if not bool(mask.any()):
-                return skip_step(log, "every completion was truncated (trainer.mask_truncated)")
+        mask = loss_mask(samples, cfg.mask_truncated)
+        if cfg.mask_truncated and not bool(mask.any()):
+            return skip_step(log, "every completion was truncated (trainer.mask_truncated)")
 
         # 3. reference log-probs (no grad) for the KL penalty; per-objective advantages
         ref_logp = old_logp = kl = None
@@ -386,11 +386,7 @@ class LocalTrainer:
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on the policy's device when trainer.mixed_precision is bf16."""
-        return torch.autocast(
-            device_type=self.device.type,
-            dtype=torch.bfloat16,
-            enabled=self.cfg.mixed_precision == "bf16",
-        )
+        return bf16_autocast(self.device, self.cfg.mixed_precision)
 
     def _combined_loss(
         self,

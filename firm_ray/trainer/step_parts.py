@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,22 @@ def skip_step(log: dict[str, list], reason: str) -> None:
 
 def micro_batches(num_rows: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, num_rows)) for start in range(0, num_rows, size)]
+
+
+def loss_mask(samples: Samples, mask_truncated: bool) -> torch.Tensor:
+    """[S, T] float mask of the completion tokens the loss uses: with trainer.mask_truncated,
+    completions that hit max_new_tokens without an EOS are left out."""
+    mask = samples.completion_mask.to(torch.float32)
+    if mask_truncated:
+        mask = mask * (~samples.truncated)[:, None].to(mask.dtype)
+    return mask
+
+
+def bf16_autocast(device: torch.device, mixed_precision: str) -> AbstractContextManager:
+    """bf16 autocast on ``device`` when trainer.mixed_precision is 'bf16' (else a no-op)."""
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16"
+    )
 
 
 class EpochState:
