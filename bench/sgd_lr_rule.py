@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from firm_ray.config import load_config
-from firm_ray.data.partition import client_prompts, partition_prompts
 from firm_ray.data.sources import load_prompts
 from firm_ray.models.adapter import get_adapter_state
 from firm_ray.models.policy import load_policy
 from firm_ray.rewards import build_rewards
+from firm_ray.runtime.worker import client_datasets
 from firm_ray.trainer import LocalTrainer
 from firm_ray.trainer.backends import TorchBackend
 
@@ -69,14 +69,7 @@ def first_steps(algorithm: str, clients: int, start: dict | None = None) -> list
     assert cfg.trainer.learning_rate is None and cfg.trainer.max_grad_norm == 1.0
     policy = load_policy(cfg.model, cfg.lora, seed=cfg.experiment.seed)
     theta0 = get_adapter_state(policy.model)
-    splits = load_prompts(cfg.data, cfg.experiment.seed)
-    parts = partition_prompts(
-        splits.train,
-        cfg.federation.num_clients,
-        cfg.data.partition,
-        cfg.experiment.seed,
-        category_field_name=cfg.data.category_field,
-    )
+    client_data, _, _ = client_datasets(cfg)  # the partition every worker of a run derives
     trainer = LocalTrainer(
         policy,
         build_rewards(cfg.rewards),
@@ -89,7 +82,7 @@ def first_steps(algorithm: str, clients: int, start: dict | None = None) -> list
     rows = []
     for client in range(clients):
         before = len(trainer.backend.rows)
-        trainer.run_round(start or theta0, client_prompts(splits.train, parts, client), client, 0)
+        trainer.run_round(start or theta0, client_data[client], client, 0)
         # fmgda: one trajectory per objective, each with its own first step
         rows.extend(trainer.backend.rows[before:])
     return rows
