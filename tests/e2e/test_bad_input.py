@@ -7,35 +7,15 @@ same one line, with the traceback in ``<run_dir>/error.log``."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from bad_rewards import SECRET
-from tiny_world import TINY
+from tiny_world import ROOT, TINY, firm_ray_cli
 
 pytestmark = pytest.mark.e2e
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 QUICKSTART = ROOT / "tune_configs" / "quickstart.yaml"
-
-
-def firm_ray(*argv: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """``python -m firm_ray ARGV``, stdout and stderr together; workers import bad_rewards."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-m", "firm_ray", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=timeout,
-    )
 
 
 def sets(*overrides: str) -> list[str]:
@@ -94,7 +74,7 @@ def test_preflight_errors_are_one_line_exit_2_and_leave_nothing(tmp_path: Path) 
     for name, (overrides, start) in bad_inputs(tmp_path).items():
         argv = [str(QUICKSTART), *sets(f"experiment.output_dir={out}", *TINY, *overrides)]
         for command in ("run", "check-config"):
-            done = firm_ray(command, *argv, timeout=300)
+            done = firm_ray_cli(command, *argv, timeout=300)
             assert done.returncode == 2, (name, command, done.stdout)
             lines = done.stdout.splitlines()
             assert len(lines) == 1 and lines[0].startswith(f"error: {start}"), (name, lines)
@@ -106,7 +86,7 @@ def run_failing(
 ) -> tuple[str, Path]:
     argv = sets(f"experiment.output_dir={tmp_path}", f"experiment.name={name}", *TINY)
     overrides = ("federation.rounds=1", *overrides)
-    done = firm_ray("run", str(QUICKSTART), *argv, *sets(*overrides), *flags)
+    done = firm_ray_cli("run", str(QUICKSTART), *argv, *sets(*overrides), *flags)
     errors = [line for line in done.stdout.splitlines() if line.startswith("error:")]
     assert done.returncode == 2 and len(errors) == 1, done.stdout
     run_dir = tmp_path / name

@@ -10,24 +10,17 @@ decaying server step with state kept across rounds (theta += (avg - theta) / (1 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from tiny_world import TINY
+from tiny_world import TINY, firm_ray_cli
 
 from firm_ray.algorithms import Algorithm
 from firm_ray.core.aggregation import server_update
 from firm_ray.federation import AggregateResult, FedAvgStrategy
 
 pytestmark = pytest.mark.e2e
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 
 
 class ToyStrategy(FedAvgStrategy):
@@ -69,8 +62,6 @@ class ToyAlgorithm(Algorithm):
 
 
 def test_toy_algorithm_runs_end_to_end(tmp_path) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     sets = [
         f"experiment.output_dir={tmp_path}",
         "experiment.name=toy",
@@ -82,15 +73,7 @@ def test_toy_algorithm_runs_end_to_end(tmp_path) -> None:
     argv = ["run", "tune_configs/quickstart.yaml"]
     for item in sets:
         argv += ["--set", item]
-    out = subprocess.run(
-        [sys.executable, "-m", "firm_ray", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=900,
-    )
+    out = firm_ray_cli(*argv)
     assert out.returncode == 0, out.stdout[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "toy" / "metrics.jsonl").open()]
     assert [r["round"] for r in rows] == [0, 1, 2]
