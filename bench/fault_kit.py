@@ -8,6 +8,7 @@ imports no firm_ray code that could hide a fault: run directories are read as fi
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -31,9 +32,13 @@ LEFTOVER_GRACE_S = 20.0
 
 def tiny_overrides() -> list[str]:
     """The e2e tests' tiny quickstart (tests/e2e/tiny_world.py): one definition for both."""
-    namespace: dict[str, Any] = {}
-    exec((REPO / "tests" / "e2e" / "tiny_world.py").read_text(), namespace)
-    return list(namespace["TINY"])
+    spec = importlib.util.spec_from_file_location(
+        "tiny_world", REPO / "tests" / "e2e" / "tiny_world.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # a real module load: it has __file__, like pytest's import
+    return list(module.TINY)
 
 
 def run_command(output_dir: Path, name: str, rounds: int) -> list[str]:
