@@ -52,13 +52,23 @@ QUICK_SET = [
 ADAMW_LR = 5e-3  # tune_configs/quickstart.yaml's rate for the tiny world
 
 
-def sgd_learning_rate() -> float:
-    """SGD's rate by the trainer's stated rule (firm_ray.trainer.backends.DEFAULT_LEARNING_RATES:
-    SGD's first step has the norm of AdamW's first step), scaled like the world's AdamW rate:
-    the quickstart runs AdamW at 10x its default, so SGD runs at 10x its default too."""
+SGD_RULE = {"group": 0.5, "group_mean": 2.0}
+"""SGD's rate per advantage mode, by the trainer's stated rule (SGD's first step has the norm of
+AdamW's first step at 5e-4; firm_ray.trainer.backends.DEFAULT_LEARNING_RATES), measured with
+``python bench/sgd_lr_rule.py --clients 8 [--set trainer.advantage=group_mean]``: median
+lr_sgd 0.49 -> 0.5 (group, the trainer's default) and 2.05 -> 2 (group_mean: without the std
+division the clipped first gradient is ~4x smaller, median 0.0135, while AdamW's step is not).
+The study's first group_mean/sgd runs used the group rate (5.0 here), i.e. a quarter of the
+rule's step; they are kept under their own spec hash and quoted as such, never mixed in."""
+
+
+def sgd_learning_rate(advantage: str) -> float:
+    """SGD's rate in a setting: the stated rule for its advantage mode (:data:`SGD_RULE`), scaled
+    like the world's AdamW rate: the quickstart runs AdamW at 10x its default, so SGD runs at
+    10x the rule too."""
     from firm_ray.trainer.backends import DEFAULT_LEARNING_RATES as lr
 
-    return lr["sgd"] * ADAMW_LR / lr["adamw"]
+    return SGD_RULE[advantage] * ADAMW_LR / lr["adamw"]
 
 
 def algo_overrides(algo: str) -> list[str]:
@@ -97,7 +107,7 @@ class Setting:
         return f"{self.advantage}_{self.optimizer}_m{self.m}"
 
     def overrides(self) -> list[str]:
-        lr = ADAMW_LR if self.optimizer == "adamw" else sgd_learning_rate()
+        lr = ADAMW_LR if self.optimizer == "adamw" else sgd_learning_rate(self.advantage)
         return [
             f"trainer.advantage={self.advantage}",
             f"trainer.optimizer={self.optimizer}",
@@ -119,12 +129,15 @@ def preference_points(m: int) -> list[list[float]]:
     return [[1.0 if i == j else 0.0 for j in range(m)] for i in range(m)]
 
 
+PART_ROLES = ("uniform", "beta", "prefs")
+
+
 @dataclass
 class Part:
     """One sweep: a setting, algorithm variants, preferences and seeds."""
 
     setting: Setting
-    role: str  # uniform | beta | prefs
+    role: str  # one of PART_ROLES
     algos: list[str]
     preferences: list[list[float]] | None  # None: uniform only
     seeds: list[int]

@@ -37,8 +37,10 @@ M {2, 3} (M = 3 adds the sentiment reward to the quickstart's relevance and harm
 World: tune_configs/quickstart.yaml unchanged except 16 clients (Dirichlet(0.3)), 2 sampled per
 round, 12 rounds, 64 eval prompts, one Ray worker per trial (two trials at once on 2 cores).
 AdamW runs at the quickstart's 5e-3; SGD (no momentum, as FMGDA's paper) at the trainer's stated
-rule (its first step has AdamW's first-step norm) scaled the same way: 10 x 0.5 = 5.0. Nothing
-was tuned on a result. Every setting runs firm beta 0 and 1, fedavg_ls and fmgda on 5 seeds.
+rule (its first step has AdamW's first-step norm) measured per advantage mode and scaled the same
+way: group 10 x 0.5 = 5, group_mean 10 x 2 = 20 (claims_grid.SGD_RULE: without the std division
+the gradients are ~4x smaller). Nothing was tuned on a result; the first group_mean/sgd runs used
+5 (the group rule), kept apart under their own spec hash. Every setting runs firm beta 0 and 1, fedavg_ls and fmgda on 5 seeds.
 
 **What was cut, and why.** One trial of the full federation (4 of 16 clients per round, 123
 eval prompts, 12 rounds) took 279 s here: 15 s per round (10.5 s for 16 local steps, 4.5 s of
@@ -80,7 +82,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from claims_analysis import CLAIMS, analyse
 from claims_data import load_records
-from claims_grid import JD_AGGREGATOR, Cost, design, ensure_sweep, sweep_spec
+from claims_grid import JD_AGGREGATOR, PART_ROLES, Cost, design, ensure_sweep, sweep_spec
 from claims_report import markdown, plot_claims
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run / report only these settings, e.g. group/adamw/M2 group_mean/sgd/M2",
     )
     parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=None,
+        choices=PART_ROLES,
+        help="run / report only these parts of each setting (default all)",
+    )
+    parser.add_argument(
         "--jd-aggregator",
         default=JD_AGGREGATOR,
         help=f"the torchjd baseline (default {JD_AGGREGATOR})",
@@ -187,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         parts = [p for p in parts if p.setting.key in args.settings]
+    if args.parts:
+        parts = [p for p in parts if p.role in args.parts]
     cost = Cost(rounds=2, local_steps=1, eval_s=0.6) if args.quick else Cost()
     estimate = print_plan(parts, cost, console)
     if args.plan:
@@ -223,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         command += " --seeds " + " ".join(map(str, seeds))
     if args.settings:
         command += " --settings " + " ".join(args.settings)
+    if args.parts:
+        command += " --parts " + " ".join(args.parts)
     if args.jd_aggregator != JD_AGGREGATOR:
         command += f" --jd-aggregator {args.jd_aggregator}"
     meta = {

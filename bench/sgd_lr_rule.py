@@ -1,6 +1,6 @@
 """The measurement behind SGD's default learning rate (firm_ray.trainer.backends).
 
-    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python bench/sgd_lr_rule.py [--clients 8]
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python bench/sgd_lr_rule.py [--clients 8] [--set K=V]
 
 Rule (stated before measuring, not tuned toward any result): SGD's first step of a local
 trajectory has the same L2 norm as AdamW's first step at lr 5e-4, both after clipping the
@@ -64,8 +64,10 @@ class Recording(TorchBackend):
         return float(norm)
 
 
-def first_steps(algorithm: str, clients: int, start: dict | None = None) -> list[dict]:
-    cfg = load_config(None, [f"algorithm.name={algorithm}", "federation.local_steps=1"])
+def first_steps(
+    algorithm: str, clients: int, start: dict | None = None, extra: tuple[str, ...] = ()
+) -> list[dict]:
+    cfg = load_config(None, [f"algorithm.name={algorithm}", "federation.local_steps=1", *extra])
     assert cfg.trainer.learning_rate is None and cfg.trainer.max_grad_norm == 1.0
     policy = load_policy(cfg.model, cfg.lora, seed=cfg.experiment.seed)
     theta0 = get_adapter_state(policy.model)
@@ -88,8 +90,8 @@ def first_steps(algorithm: str, clients: int, start: dict | None = None) -> list
     return rows
 
 
-def trained_adapter() -> dict:
-    cfg = load_config(None, ["federation.local_steps=2"])
+def trained_adapter(extra: tuple[str, ...] = ()) -> dict:
+    cfg = load_config(None, ["federation.local_steps=2", *extra])
     policy = load_policy(cfg.model, cfg.lora, seed=cfg.experiment.seed)
     splits = load_prompts(cfg.data, cfg.experiment.seed)
     trainer = LocalTrainer(
@@ -117,13 +119,25 @@ def report(name: str, rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override applied to every measurement, e.g. trainer.advantage=group_mean "
+        "(the same rule under another setting; the shipped default is measured without any)",
+    )
     args = parser.parse_args()
+    extra = tuple(args.overrides)
     torch.set_num_threads(1)
-    firm, fmgda = first_steps("firm", args.clients), first_steps("fmgda", args.clients)
+    firm = first_steps("firm", args.clients, extra=extra)
+    fmgda = first_steps("fmgda", args.clients, extra=extra)
     report("firm, round 0", firm)
     report("fmgda, round 0", fmgda)
     report("THE RULE: firm + fmgda, round 0", firm + fmgda)
-    report("firm, trained adapter", first_steps("firm", args.clients, trained_adapter()))
+    trained = trained_adapter(extra)
+    report("firm, trained adapter", first_steps("firm", args.clients, trained, extra))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ default config: LoRA r 8 on 7,168 parameters, max_grad_norm 1): over the 24 firs
 (median 0.057; never clipped), lr_sgd = ratio per step 0.19-1.52, median 0.49 -> 0.5 (firm
 alone 0.51, fmgda alone 0.44; from a trained adapter, where A has gradients too, 0.81). Other
 models and LoRA sizes give other ratios (AdamW's step grows with sqrt(n), SGD's with ||g||):
-set ``trainer.learning_rate`` there.
+set ``trainer.learning_rate`` there. So do other reward scales: with ``trainer.advantage:
+group_mean`` (no std division) the same rule gives 2.05 -> 2 (``--set
+trainer.advantage=group_mean``; median clipped |g| 0.0135), four times this default.
 """
 
 

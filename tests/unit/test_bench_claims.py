@@ -418,7 +418,13 @@ def test_generated_sweeps_validate_against_the_config_schema(tmp_path):
         assert sweep.num_trials() == part.n_trials()
         checked += 1
     assert checked >= len(cg.SETTINGS) // 2
-    assert cg.sgd_learning_rate() == pytest.approx(5.0)  # 10x the trainer's rule, as AdamW
+    # 10x the trainer's rule, as AdamW; the rule's group rate is the trainer's SGD default
+    from firm_ray.trainer.backends import DEFAULT_LEARNING_RATES
+
+    assert cg.SGD_RULE["group"] == DEFAULT_LEARNING_RATES["sgd"]
+    assert cg.sgd_learning_rate("group") == pytest.approx(5.0)
+    assert cg.sgd_learning_rate("group_mean") == pytest.approx(20.0)
+    assert "trainer.learning_rate=20" in cg.Setting("group_mean", "sgd", 2).overrides()
 
 
 def test_plan_runs_nothing(tmp_path, capsys):
