@@ -40,7 +40,8 @@ AdamW runs at the quickstart's 5e-3; SGD (no momentum, as FMGDA's paper) at the 
 rule (its first step has AdamW's first-step norm) measured per advantage mode and scaled the same
 way: group 10 x 0.5 = 5, group_mean 10 x 2 = 20 (claims_grid.SGD_RULE: without the std division
 the gradients are ~4x smaller). Nothing was tuned on a result; the first group_mean/sgd runs used
-5 (the group rule), kept apart under their own spec hash. Every setting runs firm beta 0 and 1, fedavg_ls and fmgda on 5 seeds.
+5 (the group rule), kept apart under their own spec hash. Every setting runs firm beta 0 and 1,
+fedavg_ls and fmgda on 5 seeds.
 
 **What was cut, and why.** One trial of the full federation (4 of 16 clients per round, 123
 eval prompts, 12 rounds) took 279 s here: 15 s per round (10.5 s for 16 local steps, 4.5 s of
