@@ -17,8 +17,9 @@ import torch
 
 from firm_ray.algorithms.base import Algorithm, deltas_of, mean_delta_adapter, register
 from firm_ray.core import firm_weights
-from firm_ray.core.aggregation import StreamingAverage, apply_delta
+from firm_ray.core.aggregation import apply_delta
 from firm_ray.federation import AggregateResult, Strategy
+from firm_ray.federation.combine import Average
 from firm_ray.types import AdapterState, ClientUpdate
 
 
@@ -32,14 +33,16 @@ class FmgdaStrategy(Strategy):
         updates: Iterable[ClientUpdate],
         failures: list[dict[str, Any]],
     ) -> AggregateResult:
-        averages: list[StreamingAverage] = []
+        combine = self.combiner.round(round_index)  # one average per objective's deltas
+        averages: list[Average] = []
         accepted: list[int] = []
         rejected: list[dict[str, Any]] = []
-        for update, deltas in self._screen(updates, lambda u: u.objective_deltas, rejected):
+        for update, payloads in self._screen(updates, lambda u: u.objective_deltas, rejected):
+            deltas = combine.admit(update, payloads, None)  # DP: clipped jointly over the M
             if not averages:
-                averages = [StreamingAverage() for _ in deltas]
+                averages = [combine.average(m, None) for m in range(len(deltas))]
             for average, delta in zip(averages, deltas, strict=True):
-                average.add(delta, float(update.num_samples), check_finite=False)
+                average.add(delta, float(update.num_samples), update.client_id)
             accepted.append(update.client_id)
         self._enough(accepted, rejected, failures)
         mean_deltas = [a.result() for a in averages]
@@ -56,7 +59,7 @@ class FmgdaStrategy(Strategy):
             state=state,
             accepted=accepted,
             rejected=rejected,
-            metrics={"server_lambda": lam.tolist()},
+            metrics={"server_lambda": lam.tolist(), "aggregation": combine.finish(len(accepted))},
         )
 
 

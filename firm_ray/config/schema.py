@@ -24,6 +24,7 @@ from firm_ray.config.fields import (
     Section,
     interval,
 )
+from firm_ray.config.privacy import PrivacyConfig, RobustnessConfig, privacy_problems
 
 RewardType = Literal[
     "relevance", "harmlessness", "sentiment", "length", "conciseness", "hf_reward_model", "python"
@@ -422,6 +423,10 @@ class FirmConfig(Section):
     """Local RLHF (policy-gradient) training."""
     federation: FederationConfig = FederationConfig()
     """Rounds and client sampling."""
+    privacy: PrivacyConfig = PrivacyConfig()
+    """Client-level differential privacy (off by default; docs/PRIVACY.md)."""
+    robustness: RobustnessConfig = RobustnessConfig()
+    """The server's aggregation rule and attack injection (docs/PRIVACY.md)."""
     runtime: RuntimeConfig = RuntimeConfig()
     """Ray resources."""
     tracking: TrackingConfig = TrackingConfig()
@@ -463,6 +468,13 @@ class FirmConfig(Section):
                 )
                 problems.append(Problem(("algorithm", "preference"), reason, pref))
         problems += self._optimizer_problems()
+        p = pref if pref is not None and len(pref) == m else [1.0 / m] * m
+        problems += privacy_problems(
+            self.privacy,
+            self.robustness,
+            list(p) == list(p)[::-1],
+            self.federation.clients_sampled_per_round,
+        )
         if algo == "centralized" and self.federation.num_clients != 1:
             reason = "algorithm 'centralized' requires exactly 1 client (FIRM's update, all data)"
             problems.append(

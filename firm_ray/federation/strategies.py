@@ -29,11 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firm_ray.config import FirmConfig
-from firm_ray.core.aggregation import (
-    StreamingAverage,
-    first_non_finite,
-    server_update,
-)
+from firm_ray.core.aggregation import first_non_finite, server_update
+from firm_ray.federation.combine import Combiner
 from firm_ray.types import AdapterState, ClientUpdate
 
 
@@ -147,6 +144,7 @@ class Strategy:
         self.trajectories = trajectories
         self.min_clients = config.federation.min_clients
         self.server_lr = config.algorithm.server_lr
+        self.combiner = Combiner(config)  # mean | robust rule | DP mean (federation/combine.py)
 
     def state_dict(self) -> dict[str, Any]:
         """Server state kept across rounds (JSON-serializable; saved in every checkpoint)."""
@@ -222,6 +220,14 @@ class Strategy:
                 f"only {len(accepted)} usable client update(s), federation.min_clients = "
                 f"{self.min_clients}; left out: {[*failures, *rejected]}"
             )
+        need = self.combiner.min_updates()
+        if len(accepted) < need:
+            rule = self.config.robustness.aggregator
+            raise RoundFailed(
+                f"only {len(accepted)} usable client update(s), robustness.aggregator {rule!r} "
+                f"needs {need} (byzantine = {self.config.robustness.byzantine}); left out: "
+                f"{[*failures, *rejected]}"
+            )
 
 
 class FedAvgStrategy(Strategy):
@@ -234,15 +240,18 @@ class FedAvgStrategy(Strategy):
         updates: Iterable[ClientUpdate],
         failures: list[dict[str, Any]],
     ) -> AggregateResult:
-        average = StreamingAverage()
+        combine = self.combiner.round(round_index)
+        average = combine.average(0, global_state)
         accepted: list[int] = []
         rejected: list[dict[str, Any]] = []
         adapters = self._screen(
             updates, lambda u: [u.adapter] if u.adapter is not None else None, rejected
         )
-        for update, (adapter,) in adapters:
-            average.add(adapter, float(update.num_samples), check_finite=False)
+        for update, payloads in adapters:
+            (adapter,) = combine.admit(update, payloads, global_state)
+            average.add(adapter, float(update.num_samples), update.client_id)
             accepted.append(update.client_id)
         self._enough(accepted, rejected, failures)
         state = server_update(global_state, average.result(), self.server_lr)
-        return AggregateResult(state=state, accepted=accepted, rejected=rejected)
+        metrics = {"aggregation": combine.finish(len(accepted))}
+        return AggregateResult(state=state, accepted=accepted, rejected=rejected, metrics=metrics)

@@ -68,6 +68,11 @@ class Aggregator:
     def states_for(self, client_ids: list[int]) -> dict[int, dict]:
         return {c: self.client_states.get(c, {}) for c in client_ids}
 
+    def instructions(self) -> dict[str, float] | None:
+        """What the round's clients are told beside theta^t (DP: the clip norm and the local
+        noise std), or None."""
+        return self.strategy.combiner.instructions() or None
+
     # ------------------------------------------------------------------------- a round
     def configure_round(self, round_index: int) -> list[int]:
         """The clients that train in round ``round_index`` (the algorithm's selection), sorted;
@@ -126,8 +131,17 @@ class Aggregator:
         for client in result.accepted:
             if by_id[client].client_state:
                 self.client_states[client] = by_id[client].client_state
-        drift, conflict = self._drift([(by_id[c], wires[c]) for c in result.accepted], previous)
-        lambdas = {str(c): by_id[c].metrics.get("lambda") for c in result.accepted}
+        if self.config.privacy.enabled:
+            # statistics of individual updates are not covered by the DP guarantee: not released
+            drift, conflict = None, {"update_cosine": None, "update_coherence": None}
+        else:
+            accepted = [(by_id[c], wires[c]) for c in result.accepted]
+            drift, conflict = self._drift(accepted, previous)
+        lambdas = {  # withheld by the clients under DP: no entries at all
+            str(c): by_id[c].metrics.get("lambda")
+            for c in result.accepted
+            if not self.config.privacy.enabled
+        }
         lambda_rows = [v for v in lambdas.values() if v is not None]
         payload = self.global_payload()
         metrics = {
@@ -184,6 +198,7 @@ class Aggregator:
             "adapter_order": list(self.state),
             "client_states": {str(k): v for k, v in self.client_states.items()},
             "strategy_state": self.strategy.state_dict(),
+            "combiner_state": self.strategy.combiner.state_dict(),
             **extra,
         }
         # the serialized global adapter is the safetensors file (safetensors.torch.save's bytes)
@@ -205,6 +220,7 @@ class Aggregator:
         self._set_state({k: loaded[k] for k in order})
         self.client_states = {int(k): v for k, v in info.get("client_states", {}).items()}
         self.strategy.load_state_dict(info.get("strategy_state") or {})
+        self.strategy.combiner.load_state_dict(info.get("combiner_state") or {})
         return info
 
 

@@ -54,11 +54,13 @@ def print_round(console: Console, config: FirmConfig, row: dict[str, Any]) -> No
         if restarts or lost
         else ""
     )
+    drift = row["param_drift"]
+    drift_text = "-" if drift is None else f"{drift:.4f}"  # withheld under DP
     console.print(
         f"round {row['round'] + 1}/{config.federation.rounds}: {reward_text} | kl {kl}"
         f"{stationarity_text} | mean lambda {mean_lam} | disagreement {dis_text} | "
-        f"drift {row['param_drift']:.4f} | {ok}/{len(row['clients'])} clients | "
-        f"{row['timing']['round_wall']:.1f} s{skip_text}{fault_text}",
+        f"drift {drift_text} | {ok}/{len(row['clients'])} clients | "
+        f"{row['timing']['round_wall']:.1f} s{skip_text}{fault_text}{protection_text(row)}",
         markup=False,
     )
     for event in faults.get("events", []):
@@ -92,3 +94,28 @@ def print_interrupted(
             markup=False,
             soft_wrap=True,  # one line to copy, however narrow the terminal
         )
+
+
+def protection_text(row: dict[str, Any]) -> str:
+    """The round's DP budget and robust-aggregation / attack facts for its console line."""
+    parts = []
+    privacy = row.get("privacy")
+    if privacy:
+        eps = privacy.get("epsilon")
+        eps_text = "inf" if eps is None or eps == float("inf") else f"{eps:.3g}"
+        clipped = privacy.get("server_clipped") or []
+        parts.append(
+            f"epsilon {eps_text} (delta {privacy['delta']:g}), clip {privacy['clip']:.3g}"
+            + (f", server clipped {clipped}" if clipped else "")
+        )
+    robust = row.get("robustness")
+    if robust:
+        text = robust["aggregator"]
+        if robust.get("selected") is not None:
+            text += f" selected {robust['selected']}"
+        if robust.get("clipped"):
+            text += f", {robust['clipped']} clipped"
+        if robust.get("attack"):
+            text += f" | attack {robust['attack']} by {robust.get('attackers') or 'none'}"
+        parts.append(text)
+    return "".join(f" | {p}" for p in parts)

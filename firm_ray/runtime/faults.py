@@ -184,6 +184,7 @@ def dispatch(
     payload: Any,
     states: dict[int, dict],
     cluster: Cluster,
+    instructions: dict[str, Any] | None = None,
 ) -> tuple[dict[int, tuple[ClientUpdate, Any]], list[dict[str, Any]]]:
     """Run the clients on whichever worker is free, surviving worker and node faults.
 
@@ -193,6 +194,7 @@ def dispatch(
     adapter payload goes from the worker to the aggregator's node without passing through
     this process. A client whose own code raised is left out; clients of a dead or stuck
     worker re-run, and so do finished ones whose payload was only on a node that died.
+    ``instructions``: what every client is told beside theta^t (the DP clip norm), or None.
     """
     client_timeout = fed.client_timeout_s or fed.round_timeout_s
     queue = deque(clients)
@@ -244,7 +246,7 @@ def dispatch(
             header, payloads = (
                 cluster.workers[worker]
                 .train.options(num_returns=2)
-                .remote(client, round_index, payload, states.get(client) or None)
+                .remote(client, round_index, payload, states.get(client) or None, instructions)
             )
             lanes[worker].append(_Task(client, header, payloads))
         now = time.monotonic()

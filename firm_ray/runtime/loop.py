@@ -47,6 +47,7 @@ from firm_ray.runtime.cluster import start_cluster, worker_bundle
 from firm_ray.runtime.console import print_interrupted, print_round
 from firm_ray.runtime.errors import RunError, RunInterrupted, attach_run_dir
 from firm_ray.runtime.faults import AggregatorDied
+from firm_ray.runtime.privacy_budget import check_budget, protection_lines
 from firm_ray.runtime.rounds import Broadcast, one_round
 from firm_ray.runtime.worker import ClientWorker
 from firm_ray.tracking.jsonl import read_metrics
@@ -89,9 +90,11 @@ class FederatedRun:
                     + (f" ({'; '.join(skipped)})" if skipped else "")
                 )
             config = load_config(run_dir / "config.yaml")
+            check_budget(config)
         else:
             if config is None:
                 raise RunError("run() needs a config (or resume=RUN_DIR)")
+            check_budget(config)  # refuse before anything is written or started
             # runs/<name>, else <name>-2, -3, ...: never overwrite a run, never race another process
             run_dir = fresh_dir(Path(config.experiment.output_dir) / config.experiment.name)
             checkpoint = None
@@ -103,6 +106,8 @@ class FederatedRun:
         self.config, self.run_dir = config, run_dir
         self.summary: dict[str, Any] | None = None
         self.console.print(f"[bold]firm-ray[/] {config.algorithm.name} -> {run_dir}")
+        for line in protection_lines(config):
+            self.console.print(line, markup=False)
         try:
             started = _init_ray(config)
             signals.reassert()  # ray.init installed its own SIGTERM handler

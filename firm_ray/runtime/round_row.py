@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from firm_ray.config import FirmConfig
+from firm_ray.federation.attacks import attackers
 from firm_ray.runtime.aggregator import process_rss_mb
+from firm_ray.runtime.privacy_budget import epsilon_after
 
 # client-side phases (seconds summed over the accepted clients) in a row's ``timing``
 CLIENT_PHASES = ("generate", "score", "forward", "backward", "solve", "step")
@@ -89,7 +91,41 @@ def round_row(
         "update_cosine": server.get("update_cosine"),
         "update_coherence": server.get("update_coherence"),
         "pareto_stationarity": evaluation.get("pareto_stationarity") if evaluation else None,
+        # issue 16: DP (epsilon so far, clip, server-side clipping) and robust aggregation /
+        # attacks; None when off
+        "privacy": privacy_row(config, round_index, server["server"].get("aggregation") or {}),
+        "robustness": robustness_row(config, clients, server["server"].get("aggregation") or {}),
     }
+
+
+def privacy_row(config: FirmConfig, round_index: int, aggregation: dict) -> dict | None:
+    """epsilon after this round (at privacy.delta), the clip norm used, the noise std of the
+    average, the clients the server had to clip and (adaptive) the next round's clip."""
+    if not config.privacy.enabled:
+        return None
+    return {
+        "epsilon": epsilon_after(config, round_index + 1),
+        "delta": config.privacy.delta,
+        "clip": aggregation.get("clip"),
+        "noise_std": aggregation.get("noise_std"),
+        "server_clipped": aggregation.get("server_clipped", []),
+        "next_clip": aggregation.get("next_clip"),
+    }
+
+
+def robustness_row(config: FirmConfig, clients: Sequence[int], aggregation: dict) -> dict | None:
+    """The aggregation rule and what it did (Krum's choice, norm_bound's clipped count), and
+    the malicious clients among this round's (attack experiments)."""
+    r = config.robustness
+    if r.aggregator == "mean" and r.attack.kind is None:
+        return None
+    row: dict[str, Any] = {"aggregator": r.aggregator, **(aggregation.get("robust") or {})}
+    if r.attack.kind is not None:
+        seed = r.attack.seed if r.attack.seed is not None else config.experiment.seed
+        bad = attackers(config.federation.num_clients, r.attack.fraction, seed)
+        row["attack"] = r.attack.kind
+        row["attackers"] = [c for c in clients if c in bad]
+    return row
 
 
 def busiest_worker_seconds(client_metrics: dict[str, dict[str, Any]]) -> float:

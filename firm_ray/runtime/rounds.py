@@ -83,8 +83,12 @@ def one_round(
             lambda: cluster.from_aggregator(cluster.aggregator.states_for.remote(clients)),
             "giving out client state",
         )
+        instructions = on_aggregator(  # DP: this round's clip norm (adaptive: it moves)
+            lambda: cluster.from_aggregator(cluster.aggregator.instructions.remote()),
+            "giving out the round's instructions",
+        )
         results, failures = dispatch(
-            fed, config.runtime, round_index, clients, payload.ref, states, cluster
+            fed, config.runtime, round_index, clients, payload.ref, states, cluster, instructions
         )
         steps = round_step_metrics([header for header, _ in results.values()], config)
         done = sorted(results)

@@ -41,6 +41,7 @@ from firm_ray.models.policy import load_policy
 from firm_ray.rewards import build_rewards
 from firm_ray.runtime.wire import WireUpdate, encode_update
 from firm_ray.trainer import LocalTrainer
+from firm_ray.trainer.client_upload import ClientUploads
 from firm_ray.trainer.evaluate import evaluate_policy
 
 
@@ -138,6 +139,7 @@ class ClientWorker:
             max_prompt_tokens=cfg.model.max_prompt_tokens,
             seed=cfg.experiment.seed,
         )
+        self.uploads = ClientUploads(cfg)  # attacks (experiments) and DP, client side
 
     def ready(self) -> dict[str, Any]:
         """Set-up facts the driver prints and saves (partition statistics, adapter size); raises
@@ -164,26 +166,32 @@ class ClientWorker:
         round_index: int,
         global_payload: Payload,
         client_state: dict[str, Any] | None = None,
+        instructions: dict[str, Any] | None = None,
     ) -> WireUpdate:
         """Train ``client_id`` for one round from the global adapter; the update, serialized.
 
         ``client_state`` (kept by the aggregator) restores per-client reward normalization
         statistics, so the result does not depend on which worker served the client before.
+        ``instructions``: the round's server instructions beside theta^t (DP: the clip norm
+        and the local noise std; trainer/client_upload.py applies them).
         """
         trace_task(self.worker_index, "train", client_id, round_index)
         start = time.perf_counter()
         state = client_state or {}
         for reward, initial in zip(self.rewards, self._initial_reward_states, strict=True):
             reward.load_state_dict(state.get(reward.name, initial))
+        # views of the object store's read-only buffer: the trainer only reads them
+        # (set_adapter_state copies into the model, deltas are new tensors)
+        theta = adapter_from_bytes(global_payload, copy=False)
         update = self.trainer.run_round(
-            # views of the object store's read-only buffer: the trainer only reads them
-            # (set_adapter_state copies into the model, deltas are new tensors)
-            adapter_from_bytes(global_payload, copy=False),
+            theta,
             self.clients[client_id],
             client_id=client_id,
             round_index=round_index,
+            preference=self.uploads.preference_of(client_id),
         )
         update.client_state = {r.name: r.state_dict() for r in self.rewards if r.state_dict()}
+        update = self.uploads.prepare(update, theta, instructions or {})
         update.metrics["task_seconds"] = time.perf_counter() - start
         update.metrics["worker"] = float(self.worker_index)
         return encode_update(update)

@@ -156,6 +156,26 @@ def summary_table(run_dir: str | os.PathLike[str]) -> Table:
     ]
     for label, value in conflict:  # absent in runs written before issue 15
         table.add_row(label, fmt(value))
+    privacy = summary.get("privacy")  # issue 16; absent or null without DP
+    if isinstance(privacy, dict):
+        eps = privacy.get("epsilon")
+        table.add_row(
+            "privacy (DP-FedAvg)",
+            f"epsilon {'inf' if eps is None else fmt(eps)} at delta {privacy.get('delta')}, "
+            f"final clip {fmt(privacy.get('final_clip'))}, server clipped "
+            f"{privacy.get('server_clipped_client_rounds', 0)} client-round(s)",
+        )
+    robust = summary.get("robustness")
+    if isinstance(robust, dict):
+        text = f"{robust.get('aggregator')}"
+        if robust.get("attack"):
+            text += (
+                f"; attack {robust['attack']}: {robust.get('attacker_client_rounds')} malicious "
+                f"client-round(s), {robust.get('attacker_updates_rejected')} rejected"
+            )
+            if robust.get("attacker_updates_selected") is not None:
+                text += f", {robust['attacker_updates_selected']} selected"
+        table.add_row("aggregation", text)
     if summary.get("final_kl") is not None:
         table.add_row("final KL to reference", fmt(summary.get("final_kl")))
     table.add_row("bytes up / client-round", _fmt_bytes(summary.get("bytes_up_per_client_round")))

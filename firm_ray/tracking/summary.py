@@ -121,8 +121,10 @@ METRICS_KEYS = (
     "update_cosine",
     "update_coherence",
     "pareto_stationarity",
+    "privacy",
+    "robustness",
 )
-"""The keys of every metrics.jsonl row (rows of older runs lack the last three)."""
+"""The keys of every metrics.jsonl row (rows of older runs lack the last five)."""
 
 CONFLICT_KEYS = ("update_cosine", "update_coherence", "pareto_stationarity")
 """Issue 15's cross-algorithm metrics: null or absent (older runs) when unknown."""
@@ -153,6 +155,8 @@ SUMMARY_KEYS = (
     "mean_update_cosine",
     "mean_update_coherence",
     "final_pareto_stationarity",
+    "privacy",
+    "robustness",
 )
 """The keys of summary.json."""
 
@@ -329,6 +333,46 @@ def build_summary(
         "mean_update_cosine": _mean(_column(metrics, "update_cosine")),
         "mean_update_coherence": _mean(_column(metrics, "update_coherence")),
         "final_pareto_stationarity": stationarity[-1] if stationarity else None,
+        "privacy": privacy_totals(metrics),
+        "robustness": robustness_totals(metrics),
+    }
+
+
+def privacy_totals(metrics: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """DP over the run: epsilon spent (the last row's, at ``delta``), the final clip norm and
+    the client-rounds the server had to clip; None when the run had no DP."""
+    rows = [row["privacy"] for row in metrics if isinstance(row.get("privacy"), dict)]
+    if not rows:
+        return None
+    last = rows[-1]
+    return {
+        "epsilon": finite_number(last.get("epsilon")),  # null: infinite (no noise)
+        "delta": last.get("delta"),
+        "final_clip": last.get("next_clip") or last.get("clip"),
+        "server_clipped_client_rounds": sum(len(r.get("server_clipped") or []) for r in rows),
+    }
+
+
+def robustness_totals(metrics: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The aggregation rule and the attack over the run: malicious client-rounds, how many of
+    them the server rejected (e.g. NaN) and, for (Multi-)Krum, how many it selected anyway."""
+    rows = [row["robustness"] for row in metrics if isinstance(row.get("robustness"), dict)]
+    if not rows:
+        return None
+    attacker_rounds = rejected = selected = 0
+    for row, block in zip(
+        (r for r in metrics if isinstance(r.get("robustness"), dict)), rows, strict=True
+    ):
+        bad = set(block.get("attackers") or [])
+        attacker_rounds += len(bad)
+        rejected += sum(1 for f in row.get("failed") or [] if f.get("client") in bad)
+        selected += sum(1 for c in block.get("selected") or [] if c in bad)
+    return {
+        "aggregator": rows[0].get("aggregator"),
+        "attack": rows[0].get("attack"),
+        "attacker_client_rounds": attacker_rounds,
+        "attacker_updates_rejected": rejected,
+        "attacker_updates_selected": selected if any("selected" in r for r in rows) else None,
     }
 
 

@@ -269,6 +269,21 @@ class WandbTracker:
         for key, name in _CONFLICT_KEYS.items():  # absent in rows of runs before issue 15
             if (v := _finite(m.get(key))) is not None:
                 out[name] = v
+        privacy = m.get("privacy") or {}  # issue 16: DP budget and clipping
+        for key in ("epsilon", "clip", "noise_std", "next_clip"):
+            if (v := _finite(privacy.get(key))) is not None:
+                out[f"privacy/{key}"] = v
+        if privacy:
+            out["privacy/server_clipped"] = len(privacy.get("server_clipped") or [])
+        robust = m.get("robustness") or {}
+        if robust:
+            out["robustness/attackers"] = len(robust.get("attackers") or [])
+            for key in ("clipped", "trimmed"):
+                if (v := _finite(robust.get(key))) is not None:
+                    out[f"robustness/{key}"] = v
+            if robust.get("selected") is not None:
+                bad = set(robust.get("attackers") or [])
+                out["robustness/attackers_selected"] = sum(c in bad for c in robust["selected"])
         for key in ("bytes_up", "bytes_down"):
             sizes = [v for v in (m.get(key) or {}).values() if _finite(v) is not None]
             if sizes:

@@ -147,8 +147,11 @@ class LocalTrainer:
         prompts: Sequence[Prompt],
         client_id: int,
         round_index: int,
+        preference: Sequence[float] | None = None,
     ) -> ClientUpdate:
-        """Start from ``global_adapter``, train locally, return the update (adapter or deltas)."""
+        """Start from ``global_adapter``, train locally, return the update (adapter or deltas).
+        ``preference``: train for this preference instead of algorithm.preference (an
+        opposite_preference attacker's mirrored one)."""
         if not prompts:
             raise ValueError(f"client {client_id} has no prompts")
         bad = first_non_finite(global_adapter)
@@ -163,7 +166,10 @@ class LocalTrainer:
         adapters: list[AdapterState] = []
         merged: dict[str, Any] = defaultdict(list)
         empty = 0
-        trajectories = self.algo.trajectories(self.preference)
+        p = self.preference
+        if preference is not None:
+            p = torch.tensor(list(preference), dtype=torch.float64, device=self.device)
+        trajectories = self.algo.trajectories(p)
         for index, preference in enumerate(trajectories):
             metrics = self._trajectory(
                 global_adapter, prompts, client_id, round_index, preference, trajectory=index

@@ -97,6 +97,9 @@ def synthetic_rows(num_objectives: int, rounds: int = 8, seed: int = 0) -> list[
                 "update_cosine": 0.5 - 0.05 * rnd if len(ok) > 1 else None,
                 "update_coherence": 0.75 - 0.02 * rnd if len(ok) > 1 else None,
                 "pareto_stationarity": 1.0 / (rnd + 1) if evaluated else None,
+                # issue 16: no DP, plain mean, no attack
+                "privacy": None,
+                "robustness": None,
             }
         )
     return rows
