@@ -367,6 +367,13 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}")
         return 2
+    from firm_ray.runtime.privacy_budget import check_budget, protection_lines
+
+    try:  # what `run` would refuse: a privacy budget the rounds exceed
+        check_budget(config)
+    except ConfigError as err:
+        print(f"error: {err}")
+        return 2
     line = "# pre-flight skipped (--no-preflight)"
     if not args.no_preflight:
         from firm_ray.runtime.preflight import PreflightError, preflight
@@ -378,6 +385,8 @@ def _check_config(args: argparse.Namespace) -> int:
                 print(f"error: {problem}")
             return 2
     print(dump_config(config), end="")
+    for protection in protection_lines(config):
+        print(f"# {protection}")
     print(line)
     return 0
 
