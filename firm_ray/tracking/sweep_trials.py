@@ -90,6 +90,9 @@ TRIAL_COLUMNS = (
     "final_update_coherence",
     "final_pareto_stationarity",
     "final_kl",
+    "epsilon",
+    "aggregator",
+    "attack",
     "bytes_up_per_client_round",
     "rounds_completed",
     "wall_time_s",
@@ -232,6 +235,11 @@ def _trial_row(trial_dir: Path) -> dict[str, Any]:
         rounds_completed=summary.get("rounds_completed", len(metrics) if metrics else 0),
         wall_time_s=finite_number(summary.get("wall_time_s")),
     )
+    privacy = summary.get("privacy") or {}  # issue 16: null without DP / a robust rule
+    robust = summary.get("robustness") or {}
+    row["epsilon"] = finite_number(privacy.get("epsilon")) if privacy else None
+    row["aggregator"] = robust.get("aggregator")
+    row["attack"] = robust.get("attack")
     drifts = [d for r in metrics or [] if (d := finite_number(r.get("param_drift"))) is not None]
     row["mean_param_drift"] = float(np.mean(drifts)) if drifts else None
     for key in _CONFLICT:  # from the rows: absent in runs written before issue 15

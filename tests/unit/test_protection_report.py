@@ -81,3 +81,20 @@ def test_wandb_history_and_summary_keys(tmp_path) -> None:
     assert first["robustness/attackers"] == 1
     assert first["robustness/attackers_selected"] == 0
     assert second["robustness/attackers_selected"] == 1
+
+
+def test_sweep_trial_rows_carry_epsilon_and_the_rule(tmp_path) -> None:
+    from firm_ray.config import FirmConfig
+    from firm_ray.tracking.jsonl import JsonlTracker
+    from firm_ray.tracking.summary import build_summary
+    from firm_ray.tracking.sweep_trials import collect_trials
+
+    trial = tmp_path / "trials" / "t0"
+    rows = [{**row, "rewards": [0.5, 0.6], "reward_names": ["a", "b"]} for row in _rows()]
+    with JsonlTracker(trial) as tracker:
+        tracker.log_config(FirmConfig().model_dump(mode="json"))
+        for row in rows:
+            tracker.log_round(row["round"], {k: v for k, v in row.items() if k != "round"})
+        tracker.log_summary(build_summary(trial, rows, "firm", 0, [0.4, 0.5], 1.0, "completed"))
+    (record,) = collect_trials(tmp_path)
+    assert (record["epsilon"], record["aggregator"], record["attack"]) == (2.25, "krum", "nan")
