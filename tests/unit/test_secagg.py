@@ -353,6 +353,9 @@ def test_rounding_nearest_and_unbiased_stochastic() -> None:
     q = encode(x, params, 2, torch.Generator().manual_seed(0))
     assert set(q.tolist()) == {10, 11} and abs(q.mean() - 10.25) < 0.01  # E[q] = x * scale
     assert encode(torch.tensor([-0.002]), params, 2, None).tolist() == [2**16 - 2]  # two's compl.
+    x64 = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    encode(x64, params, 2, torch.Generator().manual_seed(1))
+    assert x64.tolist() == [0.5, 2.0]  # the caller's tensor is not clipped in place
 
 
 @pytest.mark.parametrize("bits", [8, 12, 32, 33, 62])
