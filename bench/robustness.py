@@ -43,7 +43,10 @@ quarter of the claims study's 48); the 64 eval prompts are kept (the retained ga
 small reward gains and needs the evaluation's precision). 3 seeds, not 5.
 
 **Time.** ``--plan`` prints the cost model's estimate: 126 trials of ~122 s, two at once:
-2.1 h on the shared machine (an idle machine gives each trial a whole core).
+2.1 h (claims_grid.Cost: 0.65 s a local step, measured at load ~4). ``--quick`` (4 trials of
+2 rounds x 10 clients x 1 step, 16 eval prompts) took 167 s here while the claims study ran
+beside it (load ~5-6): ~33 s of start and ~12.5 s a round, i.e. ~1.1 s a local step; at that
+rate the study would take ~3.1 h. An idle machine gives each trial a whole core.
 """
 
 from __future__ import annotations

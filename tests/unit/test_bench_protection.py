@@ -278,3 +278,25 @@ def test_plan_runs_nothing(module, tmp_path, monkeypatch, capsys):
     assert not out.exists()
     text = capsys.readouterr().out
     assert "126 trials" in text if module is rb else "42 trials" in text
+
+
+def test_plots_and_console_tables_are_written(tmp_path):
+    from rich.console import Console
+
+    rob = rb.plot(robustness_analysis(), tmp_path / "robustness.png")
+    recs = [
+        dp_record("firm_b1", s, 0, g, e)
+        for s, g, e in [
+            (None, 0.05, None),
+            (0.0, 0.04, None),
+            (1.0, 0.01, 34.1),
+            (4.0, -0.01, 5.98),
+        ]
+    ]
+    dp = pv.plot(pv.analyse(recs), tmp_path / "privacy.png")
+    assert rob.stat().st_size > 0 and dp.stat().st_size > 0
+    console = Console(record=True, width=200)
+    rb.print_tables(robustness_analysis(), console)
+    pv.print_table(pv.analyse(recs), console)
+    text = console.export_text()
+    assert "20 % sign_flip: held" in text and "34.1" in text
