@@ -46,12 +46,12 @@ from firm_ray.privacy.secagg_encoding import (
 from firm_ray.privacy.secagg_primitives import (
     SHARE_BYTES,
     Randomness,
+    add_prg,
     agree,
     decode_share,
     encode_share,
     open_sealed,
     pair_header,
-    prg,
     seal,
     shamir_reconstruct,
     shamir_split,
@@ -177,10 +177,9 @@ class SecAggClient:
         if len(senders) + 1 < params.threshold:
             raise ValueError(f"secagg: {len(senders) + 1} clients left, below t={params.threshold}")
         y = _check_vector(encoded, params, "the encoded input").copy()
-        np.add(y, prg(self._b, y.size, params.bits), out=y)
+        add_prg(y, self._b, params.bits)
         for v in sorted(senders):
-            mask = prg(self._mask_seed(v), y.size, params.bits)
-            (np.add if v > u else np.subtract)(y, mask, out=y)
+            add_prg(y, self._mask_seed(v), params.bits, subtract=v < u)
         self._inbox = dict(ciphertexts)
         self._u2, self._masked = frozenset(senders | {u}), True
         return np.bitwise_and(y, params.modulus_mask, out=y)
@@ -328,14 +327,14 @@ class SecAggServer:
                 raise ValueError("secagg: the shares reconstruct no 32-byte secret")
             return secret.to_bytes(32, "big")
 
-        total, size = self._total.copy(), self._total.size
+        total = self._total.copy()
         for v in survivors:
-            np.subtract(total, prg(recover(v), size, bits), out=total)
+            add_prg(total, recover(v), bits, subtract=True)
         for d in dropped:
             s_sk = X25519PrivateKey.from_private_bytes(recover(d))
             if s_sk.public_key().public_bytes_raw() != self._roster[d].s_pk:
                 raise ValueError("secagg: a reconstructed key does not match its public key")
             for u in survivors:  # u added +PRG(s_ud) if d > u, -PRG(s_ud) if d < u
-                mask = prg(agree(s_sk, self._roster[u].s_pk, _MASK_INFO), size, bits)
-                (np.subtract if d > u else np.add)(total, mask, out=total)
+                seed = agree(s_sk, self._roster[u].s_pk, _MASK_INFO)
+                add_prg(total, seed, bits, subtract=d > u)
         return np.bitwise_and(total, self.params.modulus_mask, out=total)

@@ -36,6 +36,7 @@ __all__ = [
     "PRIME",
     "SHARE_BYTES",
     "Randomness",
+    "add_prg",
     "agree",
     "decode_share",
     "encode_share",
@@ -51,6 +52,7 @@ PRIME = 2**256 + 297
 SHARE_BYTES = 33  # ceil(log2(PRIME) / 8): one share's y-coordinate on the wire
 _NONCE = 12
 _LABEL = b"firm_ray secagg v1 "
+_CHUNK = 1 << 16  # PRG entries per keystream chunk (256 or 512 KiB)
 
 
 class Randomness:
@@ -108,19 +110,34 @@ def open_sealed(key: bytes, ciphertext: bytes, associated: bytes) -> bytes:
         raise ValueError("secagg: a share ciphertext failed authentication") from None
 
 
-def prg(seed: bytes, size: int, bits: int) -> np.ndarray:
-    """``size`` uniform integers mod 2^bits (uint64) from the AES-256-CTR keystream of ``seed``.
+def add_prg(y: np.ndarray, seed: bytes, bits: int, subtract: bool = False) -> np.ndarray:
+    """``y += PRG(seed)`` (or ``-=``) in place, mod 2^64 (so mod 2^bits); returns ``y``.
 
-    Each entry takes 4 keystream bytes when ``bits <= 32`` (half the AES work), else 8; the
-    top bits are discarded, which keeps the result uniform since 2^bits divides 2^32 or 2^64.
+    The keystream is produced and added in chunks of ``_CHUNK`` entries into one reused buffer:
+    no vector-sized temporary, no page faults, the chunk stays in cache. Each entry takes 4
+    keystream bytes when ``bits <= 32`` (half the AES work), else 8. The keystream is not
+    reduced here: 2^bits divides 2^64, so reducing ``y`` at the end gives the same residue.
     """
     width = 4 if bits <= 32 else 8
     encryptor = Cipher(algorithms.AES(bytes(seed)), modes.CTR(bytes(16))).encryptor()
-    stream = encryptor.update(bytes(size * width))
-    out = np.frombuffer(stream, dtype="<u4" if width == 4 else "<u8").astype(np.uint64)
-    if bits < 64:
-        np.bitwise_and(out, np.uint64((1 << bits) - 1), out=out)
-    return out
+    zeros = memoryview(bytes(_CHUNK * width))
+    buffer = bytearray(_CHUNK * width + 15)  # update_into needs block_size - 1 spare bytes
+    op = np.subtract if subtract else np.add
+    for start in range(0, y.size, _CHUNK):
+        count = min(_CHUNK, y.size - start)
+        encryptor.update_into(zeros[: count * width], buffer)
+        stream = np.frombuffer(buffer, dtype="<u4" if width == 4 else "<u8", count=count)
+        part = y[start : start + count]
+        op(part, stream, out=part)
+    return y
+
+
+def prg(seed: bytes, size: int, bits: int) -> np.ndarray:
+    """PRG(seed): ``size`` uniform integers mod 2^bits (uint64), the AES-256-CTR keystream
+    read as little-endian 4-byte (``bits <= 32``) or 8-byte words, top bits discarded (uniform
+    since 2^bits divides 2^32 or 2^64)."""
+    out = add_prg(np.zeros(size, dtype=np.uint64), seed, bits)
+    return np.bitwise_and(out, np.uint64((1 << bits) - 1), out=out)
 
 
 def shamir_split(

@@ -30,9 +30,11 @@ from firm_ray.privacy.secagg import (
     unpack,
 )
 from firm_ray.privacy.secagg_primitives import (
+    _CHUNK,
     PRIME,
     SHARE_BYTES,
     Randomness,
+    add_prg,
     prg,
     shamir_reconstruct,
     shamir_split,
@@ -315,6 +317,15 @@ def test_prg_is_the_aes_ctr_keystream(bits: int) -> None:
     expect = [int.from_bytes(blocks[k * width : (k + 1) * width], "little") % 2**bits
               for k in range(size)]  # fmt: skip
     assert prg(seed, size, bits).tolist() == expect
+    big = 2 * _CHUNK + 7  # across the chunk boundaries: the one-shot keystream
+    stream = (
+        Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update(bytes(big * width))
+    )
+    words = np.frombuffer(stream, dtype="<u4" if width == 4 else "<u8").astype(np.uint64)
+    assert np.array_equal(prg(seed, big, bits), words & np.uint64(2**bits - 1))
+    y = prg(b"y" * 32, big, 62)
+    back = add_prg(add_prg(y.copy(), seed, bits), seed, bits, subtract=True)
+    assert np.array_equal(back, y)
 
 
 @pytest.mark.parametrize("bits", [8, 16, 32, 62])
