@@ -126,10 +126,13 @@ def encode(
 def decode_sum(total: np.ndarray, params: SecAggParams, n: int) -> torch.Tensor:
     """Signed (two's complement) value of ``total`` mod 2^bits, divided by the scale: float64."""
     scale = fixed_point_scale(params, n)
-    value = np.bitwise_and(np.asarray(total, dtype=np.uint64), params.modulus_mask)
-    signed = value.astype(np.int64)
-    signed[value >= np.uint64(1 << (params.bits - 1))] -= np.int64(1 << params.bits)
-    return torch.from_numpy(signed.astype(np.float64) / scale)
+    half = np.uint64(1 << (params.bits - 1))
+    # (v + 2^(b-1)) mod 2^b - 2^(b-1) maps [0, 2^b) onto [-2^(b-1), 2^(b-1)): two's complement.
+    value = np.add(np.asarray(total, dtype=np.uint64), half)
+    np.bitwise_and(value, params.modulus_mask, out=value)
+    signed = value.view(np.int64)
+    np.subtract(signed, np.int64(half), out=signed)
+    return torch.from_numpy(signed).to(torch.float64).div_(scale)
 
 
 def pack(y: np.ndarray, params: SecAggParams) -> bytes:

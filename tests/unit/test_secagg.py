@@ -369,6 +369,14 @@ def test_rounding_nearest_and_unbiased_stochastic() -> None:
     assert x64.tolist() == [0.5, 2.0]  # the caller's tensor is not clipped in place
 
 
+def test_decode_is_twos_complement_over_the_whole_ring() -> None:
+    params = SecAggParams(clip=1.0, threshold=2, bits=8, scale=4.0)
+    total = np.arange(256, dtype=np.uint64) + np.uint64(512)  # residues mod 2^8 of 512..767
+    expect = [(v if v < 128 else v - 256) / 4.0 for v in range(256)]
+    assert decode_sum(total, params, 2).tolist() == expect
+    assert total[0] == 512  # not modified in place
+
+
 @pytest.mark.parametrize("bits", [8, 12, 32, 33, 62])
 def test_pack_roundtrip_and_size(bits: int) -> None:
     params = SecAggParams(clip=1.0, threshold=2, bits=bits)
