@@ -13,7 +13,6 @@ measured client update norm that fixes the DP clip C and norm_bound's bound.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import statistics
@@ -30,7 +29,14 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from claims_data import load_records
-from claims_grid import BASE_CONFIG, Cost, algo_overrides, base_config, ensure_sweep
+from claims_grid import (
+    BASE_CONFIG,
+    Cost,
+    algo_overrides,
+    base_config,
+    ensure_sweep,
+    named_spec,
+)
 from paper_claims import jsonable
 
 NUM_CLIENTS = 10
@@ -134,9 +140,7 @@ def sweep_spec(grid: Grid, out: Path, quick: bool, bench: str) -> dict[str, Any]
         "scheduler": "fifo",
         "output_dir": str(out / "sweeps"),
     }
-    keyed = {**body, "base_text": Path(body["base"]).read_text(encoding="utf-8")}
-    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:8]
-    return {"sweep": {"name": f"{grid.name}_{digest}", **body}}
+    return named_spec(grid.name, body)
 
 
 def print_plan(grids: Sequence[Grid], cost: Cost, title: str, console: Console) -> float:
@@ -170,6 +174,7 @@ def run_grids(
             g.n_trials(),
             "reuse" if reuse else "run",
             console,
+            generator=f"bench/{bench}.py",
         )
         for g in grids
     ]

@@ -464,3 +464,16 @@ def test_update_cosine_enters_claim_2_for_every_federated_baseline_when_logged()
     cos = [c for c in claim2["comparisons"] if c["metric"].startswith("update cosine")]
     assert [c["baseline"] for c in cos] == ["firm_b0", "fedavg_ls", "fmgda", "jd_pcgrad"]
     assert all(c["higher_better"] and c["verdict"] == "better" for c in cos)
+
+
+def test_base_file_leaves_out_sections_added_later_at_their_defaults(tmp_path):
+    """quickstart.yaml's privacy: / robustness: sections (issue 16) at their defaults do not
+    enter the study's base file, so the cache keys of the sweeps run before them hold; a
+    non-default value does enter it."""
+    import claims_grid as cg
+
+    text = cg.base_config(tmp_path, 2).read_text()
+    assert "privacy:" not in text and "robustness:" not in text
+    assert "federation:" in text
+    raw = yaml.safe_load(cg.BASE_CONFIG.read_text())
+    assert {k: raw[k] for k in cg.LATER_SECTIONS} == cg.LATER_DEFAULTS  # really the defaults
