@@ -17,13 +17,15 @@ the same survivor list). Inputs are fixed-point integers in Z_{2^bits} (:func:`e
    it. U3: those whose y arrived.
 3. Unmasking: the server sends (U3, U2 \\ U3); u answers, per peer v, the share of ``b_v`` if v
    survived, the share of ``s_sk_v`` if v dropped, NEVER both for one v (else the server learns
-   x_v: the key-safety argument of §4). The server, from >= t answers, removes the self masks
+   x_v: the double-masking argument of §3). The server, from >= t answers, removes the self masks
    of U3 and the dropped clients' pairwise masks: the exact sum of the x_u of U3, mod 2^bits.
 
-Security (Bonawitz Thm. 6.2, honest-but-curious): the server, with < t clients, learns only the
-sum over U3. ``threshold`` must exceed half the roster, so two disjoint survivor sets of size t
-cannot exist. Dropouts after masking are handled; with fewer than t unmasking answers,
-:meth:`SecAggServer.finish` raises and the round must be redone without the dropped clients.
+Security (Bonawitz §6, honest-but-curious): the server, colluding with fewer than t clients,
+learns only the sum over U3. ``threshold`` must also exceed half the roster: two disjoint sets of
+t answering clients cannot exist, so a server telling some clients that v dropped and others that
+v survived cannot collect t shares of both of v's secrets. Dropouts after masking are handled;
+with fewer than t unmasking answers, :meth:`SecAggServer.finish` raises and the round must be
+redone without the dropped clients.
 """
 
 from __future__ import annotations
