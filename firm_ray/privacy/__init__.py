@@ -3,7 +3,9 @@
 - :mod:`firm_ray.privacy.dp` (torch only): joint clipping, seeded Gaussian noise, adaptive
   clipping (McMahan et al. 2018; Andrew et al. 2021);
 - :mod:`firm_ray.privacy.accounting` (dp_accounting): epsilon of k-of-n client sampling without
-  replacement under replace-one (Wang, Balle, Kasiviswanathan 2019).
+  replacement under replace-one (Wang, Balle, Kasiviswanathan 2019);
+- :mod:`firm_ray.privacy.secagg` (cryptography): secure aggregation (Bonawitz et al. 2017),
+  imported from its module, so nothing here loads cryptography.
 
 ``ClientAccountant`` is loaded on first use, so a client worker that only clips never imports
 dp_accounting (about a second of imports).
