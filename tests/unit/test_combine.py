@@ -177,3 +177,33 @@ def test_coordinate_median_per_objective_for_fmgda():
     for k in theta:
         step = lam[0] * medians[0][k].double() + lam[1] * medians[1][k].double()
         torch.testing.assert_close(result.state[k], (theta[k].double() + step).float())
+
+
+def test_dp_mean_for_fmgda_clips_jointly_and_averages_each_objective_over_k():
+    """fmgda's M deltas: the server's check is on their joint norm; each objective's average is
+    its clipped deltas' sum / k (uniform weights), then fmgda's MGDA on the averages."""
+    clip = 1.0
+    config = _config("algorithm.name=fmgda", f"privacy.clip={clip}")
+    k = config.federation.clients_sampled_per_round
+    theta = _theta()
+    ones = {name: torch.ones_like(v) for name, v in theta.items()}
+    n = sum(v.numel() for v in theta.values())
+    small = [
+        {name: v * 0.01 for name, v in ones.items()},
+        {name: v * -0.02 for name, v in ones.items()},
+    ]
+    big = [{name: v * 3.0 for name, v in ones.items()}, {name: v * 4.0 for name, v in ones.items()}]
+    steps = {"steps": 4.0}
+    ups = [
+        ClientUpdate(client_id=0, round=0, num_samples=50, objective_deltas=small, metrics=steps),
+        ClientUpdate(client_id=1, round=0, num_samples=1, objective_deltas=big, metrics=steps),
+    ]
+    strategy = _strategy(config)
+    result = strategy.aggregate_round(0, theta, iter(ups), [])
+    assert result.metrics["aggregation"]["server_clipped"] == [1]
+    scale = clip / math.sqrt(n * (3.0**2 + 4.0**2))  # joint over both deltas: 5 sqrt(n) -> 1
+    means = [(0.01 + 3.0 * scale) / k, (-0.02 + 4.0 * scale) / k]
+    lam = result.metrics["server_lambda"]
+    step = lam[0] * means[0] + lam[1] * means[1]
+    for name in theta:
+        torch.testing.assert_close(result.state[name], theta[name] + step, rtol=1e-5, atol=1e-6)
