@@ -175,9 +175,9 @@ class RoundCombiner:
     def admit(
         self, update: ClientUpdate, payloads: list[AdapterState], reference: AdapterState | None
     ) -> list[AdapterState]:
-        """The payloads to average. Under DP the server checks that the client's whole delta
-        is within C (scaled down and counted when not: a buggy or malicious client) and reads
-        its adaptive-clipping bit."""
+        """The payloads to average. Under DP with central noise the server checks that the
+        client's whole delta is within C (scaled down and counted when not: a buggy or
+        malicious client); it reads the adaptive-clipping bit in every DP mode."""
         clip = self.owner.clip
         if clip is None:
             return payloads
@@ -187,6 +187,11 @@ class RoundCombiner:
             self.reported += 1
         if self.secure_sums is not None:
             return payloads  # placeholders: only the masked sum exists (no check possible)
+        if self.owner.instructions().get("local_noise_std"):
+            # distributed noise: the client's own noise lies on top of its clipped delta, so
+            # the norm says nothing about the clipping (scaling it down would also shrink the
+            # noise the accounting relies on); the clip is the client's, as under SecAgg
+            return payloads
         deltas = [_delta(p, reference) for p in payloads]
         if joint_norm(deltas) <= clip * (1 + CLIP_TOLERANCE):
             return payloads
