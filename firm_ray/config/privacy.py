@@ -10,7 +10,7 @@ firm_ray/federation/attacks.py (attacks).
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import StrictBool, model_validator
+from pydantic import Field, StrictBool, StrictInt, model_validator
 
 from firm_ray.config.errors import Problem, raise_problems
 from firm_ray.config.fields import (
@@ -124,6 +124,17 @@ class PrivacyConfig(Section):
     """False: the noise is drawn from a generator seeded by experiment.seed and the round
     (reproducible simulations, bit-identical resume). True: from the operating system's
     entropy, as a real deployment must (the run is then not reproducible)."""
+    secure_aggregation: StrictBool = False
+    """Secure aggregation (Bonawitz et al. 2017, firm_ray/privacy/secagg.py): the clients send
+    their clipped (distributed noise: also noised) deltas masked, so the server learns only
+    their sum. Threshold t = k // 2 + 1 of the k clients sampled per round must survive the
+    round. Needs ``clip`` (the fixed-point range is C + 6 x the local noise std per coordinate)
+    and robustness.aggregator 'mean'; ``noise: distributed`` is the sensible pairing (central
+    noise trusts the server with the noise, which secure aggregation does not need to)."""
+    secagg_bits: Annotated[StrictInt, Field(ge=16, le=62)] = 32
+    """Secure aggregation: the ring Z_{2^bits} of the masked fixed-point vectors; ceil(bits/8)
+    bytes per coordinate on the wire; resolution per coordinate about
+    k (C + 6 sigma C / sqrt(k)) / 2^(bits-1)."""
 
     @property
     def enabled(self) -> bool:
@@ -141,6 +152,11 @@ class PrivacyConfig(Section):
             if self.adaptive_clip:
                 reason = "needs privacy.clip (its initial value)"
                 problems.append(Problem(("adaptive_clip",), reason, True))
+            if self.secure_aggregation:
+                reason = (
+                    "needs privacy.clip (the fixed-point range of the masked sum comes from it)"
+                )
+                problems.append(Problem(("secure_aggregation",), reason, True))
         if self.target_epsilon is not None and self.noise_multiplier == 0:
             reason = "unreachable with privacy.noise_multiplier 0 (epsilon is infinite)"
             problems.append(Problem(("target_epsilon",), reason, self.target_epsilon))
@@ -177,12 +193,24 @@ def privacy_problems(
             + ": set privacy.count_noise_std higher"
         )
         problems.append(Problem(("privacy", "count_noise_std"), reason, privacy.count_noise_std))
-    if privacy.enabled and robustness.aggregator != "mean":
+    if privacy.secure_aggregation and robustness.aggregator != "mean":
+        reason = (
+            f"privacy.secure_aggregation needs robustness.aggregator 'mean': robust aggregation "
+            f"({robustness.aggregator!r}) needs the individual updates, which it hides"
+        )
+        problems.append(Problem(("robustness", "aggregator"), reason, robustness.aggregator))
+    elif privacy.enabled and robustness.aggregator != "mean":
         reason = (
             f"privacy.clip needs robustness.aggregator 'mean': the noise is calibrated to the "
             f"mean's sensitivity C / k, not to {robustness.aggregator!r}'s"
         )
         problems.append(Problem(("robustness", "aggregator"), reason, robustness.aggregator))
+    if privacy.secure_aggregation and clients_per_round < 2:
+        reason = (
+            f"privacy.secure_aggregation needs at least 2 clients sampled per round "
+            f"(t = k // 2 + 1), got k = {clients_per_round}"
+        )
+        problems.append(Problem(("federation", "clients_per_round"), reason))
     if robustness.attack.kind == "opposite_preference" and preference_symmetric:
         reason = (
             "algorithm.preference is its own mirror (e.g. uniform): opposite_preference "

@@ -4,6 +4,9 @@
   (`StreamingAverage`, memory of one adapter), exactly as before this module existed.
 - a robust rule (core/robust.py): every accepted delta theta_i - theta^t is kept (k adapters in
   memory), then trimmed mean, coordinate median, (Multi-)Krum or norm bounding.
+- ``privacy.secure_aggregation``: the same DP mean on the sum that secure aggregation
+  delivered (`Combiner.set_secure_sums`); the uploads the strategy streams are placeholders,
+  so the server cannot re-check the clients' clipping.
 - ``privacy.clip`` set: DP-FedAvg (McMahan et al. 2018). Clients clip their deltas to C
   (trainer/client_upload.py); the server checks the bound again (an update above it is scaled
   down and counted), sums the deltas with uniform weights, divides by the fixed number k of
@@ -138,6 +141,25 @@ class _DpMean:
         return _plus(self.reference, mean)
 
 
+class _SecureMean(_DpMean):
+    """DP-FedAvg's estimator on the sum of the clipped deltas as secure aggregation delivered
+    it: the server never holds an individual update, so ``add`` takes none."""
+
+    def __init__(
+        self,
+        reference: AdapterState | None,
+        k: int,
+        std: float,
+        generator: torch.Generator,
+        total: dict[str, torch.Tensor],
+    ) -> None:
+        super().__init__(reference, k, std, generator)
+        self.sum = total
+
+    def add(self, state: AdapterState, weight: float, client: int) -> None:
+        pass  # the client's contribution is inside ``total`` already
+
+
 class RoundCombiner:
     """One round's combination: ``admit`` each accepted update, ``average(stream)`` for each
     payload stream, ``finish`` for the round's metrics (and adaptive clipping's step)."""
@@ -148,13 +170,14 @@ class RoundCombiner:
         self.server_clipped: list[int] = []
         self.unclipped = 0
         self.reported = 0
+        self.secure_sums, owner.secure_sums = owner.secure_sums, None
 
     def admit(
         self, update: ClientUpdate, payloads: list[AdapterState], reference: AdapterState | None
     ) -> list[AdapterState]:
-        """The payloads to average. Under DP the server checks that the client's whole delta
-        is within C (scaled down and counted when not: a buggy or malicious client) and reads
-        its adaptive-clipping bit."""
+        """The payloads to average. Under DP with central noise the server checks that the
+        client's whole delta is within C (scaled down and counted when not: a buggy or
+        malicious client); it reads the adaptive-clipping bit in every DP mode."""
         clip = self.owner.clip
         if clip is None:
             return payloads
@@ -162,6 +185,13 @@ class RoundCombiner:
         if isinstance(bit, (int, float)) and not isinstance(bit, bool):
             self.unclipped += int(bit >= 0.5)
             self.reported += 1
+        if self.secure_sums is not None:
+            return payloads  # placeholders: only the masked sum exists (no check possible)
+        if self.owner.instructions().get("local_noise_std"):
+            # distributed noise: the client's own noise lies on top of its clipped delta, so
+            # the norm says nothing about the clipping (scaling it down would also shrink the
+            # noise the accounting relies on); the clip is the client's, as under SecAgg
+            return payloads
         deltas = [_delta(p, reference) for p in payloads]
         if joint_norm(deltas) <= clip * (1 + CLIP_TOLERANCE):
             return payloads
@@ -176,7 +206,11 @@ class RoundCombiner:
         if owner.clip is not None:
             std = owner.central_noise_std()
             generator = noise_generator(owner.noise_seed, "dp_noise", self.round, stream)
-            average: Any = _DpMean(reference, owner.k, std, generator)
+            if self.secure_sums is not None:
+                total = self.secure_sums[stream]
+                average: Any = _SecureMean(reference, owner.k, std, generator, total)
+            else:
+                average = _DpMean(reference, owner.k, std, generator)
         elif owner.rule != "mean":
             average = _Robust(owner.config, reference)
         else:
@@ -222,6 +256,14 @@ class Combiner:
             if p.noise_multiplier > 0:
                 self.noise_multiplier = update_noise_multiplier(p.noise_multiplier, sigma_b)
         self._fixed_clip = p.clip
+        self.secure_sums: list[dict[str, torch.Tensor]] | None = None
+
+    def set_secure_sums(self, sums: list[dict[str, torch.Tensor]]) -> None:
+        """Secure aggregation: the next `round` averages these sums of the clipped deltas
+        (one per payload stream) instead of the uploads it is fed (placeholders)."""
+        if self.clip is None:
+            raise ValueError("secure aggregation needs privacy.clip")
+        self.secure_sums = sums
 
     @property
     def clip(self) -> float | None:

@@ -198,6 +198,12 @@ class Strategy:
         bad = next(filter(None, (first_non_finite(d) for d in payloads[1:])), None)
         return f"non-finite delta tensor {bad!r}" if bad else ""
 
+    def check_header(self, update: ClientUpdate) -> str:
+        """Why an update must be rejected, judged from its tensor-free header alone ('' when
+        it is fine): secure aggregation's server never sees the payload (it cannot check it
+        for NaNs either; a client with non-finite values flags its update invalid)."""
+        return self._check(update, [{}])
+
     def _screen(
         self,
         updates: Iterable[ClientUpdate],

@@ -22,6 +22,7 @@ from firm_ray.algorithms import build_algorithm
 from firm_ray.config import config_from_dict
 from firm_ray.core.aggregation import state_delta, state_distance
 from firm_ray.core.metrics import UpdateConflict, disagreement
+from firm_ray.federation import AggregateResult
 from firm_ray.models.adapter import Payload, adapter_from_bytes, adapter_to_buffer
 from firm_ray.runtime.checkpoint import (  # noqa: F401  (re-exported: loop, sweep, tests)
     CHECKPOINT_ADAPTER,
@@ -30,14 +31,16 @@ from firm_ray.runtime.checkpoint import (  # noqa: F401  (re-exported: loop, swe
     round_checkpoints,
     write_checkpoint,
 )
+from firm_ray.runtime.secagg_server import SecureServerMixin, secure_round_spec
 from firm_ray.runtime.wire import WireUpdate, decode_update, payload_bytes
 from firm_ray.types import AdapterState, ClientUpdate
 
 DRIFT_HOLD_BYTES = 1 << 30  # update payloads kept (as views) between the two passes
 
 
-class Aggregator:
-    """Server state and aggregation; one instance per run."""
+class Aggregator(SecureServerMixin):
+    """Server state and aggregation; one instance per run (secure aggregation's server side:
+    runtime/secagg_server.py)."""
 
     def __init__(self, config: dict[str, Any], run_dir: str) -> None:
         self.config = config_from_dict(config)
@@ -68,10 +71,13 @@ class Aggregator:
     def states_for(self, client_ids: list[int]) -> dict[int, dict]:
         return {c: self.client_states.get(c, {}) for c in client_ids}
 
-    def instructions(self) -> dict[str, float] | None:
+    def instructions(self) -> dict[str, Any] | None:
         """What the round's clients are told beside theta^t (DP: the clip norm and the local
-        noise std), or None."""
-        return self.strategy.combiner.instructions() or None
+        noise std; secure aggregation: the round's public parameters), or None."""
+        told: dict[str, Any] = dict(self.strategy.combiner.instructions())
+        if self.config.privacy.secure_aggregation and told:
+            told["secagg"] = secure_round_spec(self.config, told)
+        return told or None
 
     # ------------------------------------------------------------------------- a round
     def configure_round(self, round_index: int) -> list[int]:
@@ -126,6 +132,18 @@ class Aggregator:
 
         previous = self.state
         result = self.strategy.aggregate_round(round_index, previous, stream(), failures)
+        return self._close_round(start, previous, result, headers, wires, bytes_up)
+
+    def _close_round(
+        self,
+        start: float,
+        previous: AdapterState,
+        result: AggregateResult,
+        headers: list[ClientUpdate],
+        wires: dict[int, Any],
+        bytes_up: dict[str, int],
+    ) -> tuple[dict[str, Any], Payload]:
+        """Install the round's result; its server metrics and the new adapter serialized."""
         self._set_state(result.state)
         by_id = {h.client_id: h for h in headers}
         for client in result.accepted:

@@ -110,6 +110,9 @@ def privacy_row(config: FirmConfig, round_index: int, aggregation: dict) -> dict
         "noise_std": aggregation.get("noise_std"),
         "server_clipped": aggregation.get("server_clipped", []),
         "next_clip": aggregation.get("next_clip"),
+        # secure aggregation (None when off): bytes per client and message, seconds, clipped
+        # coordinates of the fixed-point encoding, t, the clients dropped mid-protocol
+        **(aggregation.get("secagg") or {}),
     }
 
 

@@ -20,6 +20,7 @@ from firm_ray.runtime.cluster import Cluster
 from firm_ray.runtime.errors import RunError
 from firm_ray.runtime.faults import AggregatorDied, dispatch
 from firm_ray.runtime.round_row import round_row
+from firm_ray.runtime.secagg_driver import secure_aggregate
 
 ROUND_RETRIES = 1
 
@@ -73,6 +74,7 @@ def one_round(
         return cluster.from_aggregator(server_ref), new_payload
 
     fed = config.federation
+    timeout = fed.client_timeout_s or fed.round_timeout_s
     clients = on_aggregator(  # the algorithm's selection (default: seeded sample_clients)
         lambda: cluster.from_aggregator(cluster.aggregator.configure_round.remote(round_index)),
         "selecting the round's clients",
@@ -93,6 +95,26 @@ def one_round(
         steps = round_step_metrics([header for header, _ in results.values()], config)
         done = sorted(results)
         try:
+            if config.privacy.secure_aggregation:
+                # no repeat inside a secure round (fresh keys are needed): a dead aggregator
+                # is restored and the round redone
+                try:
+                    server_ref, new_payload = secure_aggregate(
+                        cluster, round_index, results, failures, timeout
+                    )
+                    server = cluster.from_aggregator(server_ref)
+                    break
+                except AggregatorDied as err:
+                    if recover is None:
+                        raise
+                    if attempt == ROUND_RETRIES:
+                        raise RunError(
+                            f"round {round_index} failed: the aggregator died during secure "
+                            f"aggregation: {err}"
+                        ) from None
+                    recover(f"secure aggregation in round {round_index + 1}: {err}")
+                    console.print(f"[yellow]round {round_index}: redone (aggregator died)[/]")
+                    continue
             server, new_payload = on_aggregator(aggregate, "aggregating")
             break
         except ray.exceptions.RayTaskError as err:

@@ -39,6 +39,7 @@ from firm_ray.models.adapter import (
 )
 from firm_ray.models.policy import load_policy
 from firm_ray.rewards import build_rewards
+from firm_ray.runtime.secagg_client import SecureClients
 from firm_ray.runtime.wire import WireUpdate, encode_update
 from firm_ray.trainer import LocalTrainer
 from firm_ray.trainer.client_upload import ClientUploads
@@ -140,6 +141,7 @@ class ClientWorker:
             seed=cfg.experiment.seed,
         )
         self.uploads = ClientUploads(cfg)  # attacks (experiments) and DP, client side
+        self.secure = SecureClients()  # secure aggregation's client state (this process only)
 
     def ready(self) -> dict[str, Any]:
         """Set-up facts the driver prints and saves (partition statistics, adapter size); raises
@@ -194,7 +196,27 @@ class ClientWorker:
         update = self.uploads.prepare(update, theta, instructions or {})
         update.metrics["task_seconds"] = time.perf_counter() - start
         update.metrics["worker"] = float(self.worker_index)
+        secagg = (instructions or {}).get("secagg")
+        if secagg:  # the update stays here; only the header and two public keys leave
+            return self.secure.start(update, theta, secagg)  # type: ignore[return-value]
         return encode_update(update)
+
+    # Secure aggregation (runtime/secagg_driver.py runs the rounds; secagg_client.py the state)
+    def secagg_share(self, round_index: int, client_id: int, roster: dict) -> dict[int, bytes]:
+        trace_task(self.worker_index, "secagg_share", client_id, round_index)
+        return self.secure.share(round_index, client_id, roster)
+
+    def secagg_mask(
+        self, round_index: int, client_id: int, ciphertexts: dict[int, bytes]
+    ) -> tuple[Any, dict[str, float]]:
+        trace_task(self.worker_index, "secagg_mask", client_id, round_index)
+        return self.secure.mask(round_index, client_id, ciphertexts)
+
+    def secagg_unmask(
+        self, round_index: int, client_id: int, survivors: list[int], dropped: list[int]
+    ) -> dict[int, bytes]:
+        trace_task(self.worker_index, "secagg_unmask", client_id, round_index)
+        return self.secure.unmask(round_index, client_id, survivors, dropped)
 
     def evaluate(self, global_payload: Payload) -> dict[str, Any]:
         """Rewards, KL and (with trainer.eval_pareto_stationarity) Pareto stationarity of the

@@ -20,7 +20,10 @@ import torch
 
 from firm_ray.runtime.worker import ClientWorker
 
-AUDITED = ("ready", "initial_adapter", "train", "evaluate", "adapter_files")
+AUDITED = (
+    "ready", "initial_adapter", "train", "evaluate", "adapter_files",
+    "secagg_share", "secagg_mask", "secagg_unmask",
+)  # fmt: skip
 
 
 def _safetensors_header(buffer: bytes) -> dict[str, Any]:
@@ -36,7 +39,10 @@ def describe(obj: Any) -> Any:
             **{f.name: describe(getattr(obj, f.name)) for f in dataclasses.fields(obj)},
         }
     if isinstance(obj, np.ndarray) and obj.dtype == np.uint8 and obj.ndim == 1:
-        header = _safetensors_header(obj.tobytes())
+        try:
+            header = _safetensors_header(obj.tobytes())
+        except (struct.error, ValueError, UnicodeDecodeError):  # not safetensors: opaque bytes
+            return {"__type__": "uint8_array", "nbytes": int(obj.nbytes)}
         return {"__type__": "safetensors", "nbytes": int(obj.nbytes), "header": header}
     if isinstance(obj, bytes):
         return {"__type__": "bytes", "nbytes": len(obj)}
@@ -86,6 +92,15 @@ class AuditedWorker(ClientWorker):
 
     def adapter_files(self, *a: Any, **k: Any) -> Any:
         return self._audited("adapter_files", *a, **k)
+
+    def secagg_share(self, *a: Any, **k: Any) -> Any:
+        return self._audited("secagg_share", *a, **k)
+
+    def secagg_mask(self, *a: Any, **k: Any) -> Any:
+        return self._audited("secagg_mask", *a, **k)
+
+    def secagg_unmask(self, *a: Any, **k: Any) -> Any:
+        return self._audited("secagg_unmask", *a, **k)
 
 
 def read_log(log_dir: Path) -> list[dict[str, Any]]:

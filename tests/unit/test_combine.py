@@ -207,3 +207,26 @@ def test_dp_mean_for_fmgda_clips_jointly_and_averages_each_objective_over_k():
     step = lam[0] * means[0] + lam[1] * means[1]
     for name in theta:
         torch.testing.assert_close(result.state[name], theta[name] + step, rtol=1e-5, atol=1e-6)
+
+
+def test_distributed_noise_is_not_clipped_away_by_the_server():
+    """With distributed noise an update is its clipped delta plus the client's own noise, far
+    above C in norm: the server must average it as sent (a re-check would shrink the noise the
+    accounting counts on, and every client would be listed as clipped)."""
+    clip, sigma = 0.1, 1.0
+    config = _config(f"privacy.clip={clip}", f"privacy.noise_multiplier={sigma}",
+                     "privacy.noise=distributed")  # fmt: skip
+    k = config.federation.clients_sampled_per_round
+    theta = {"w": torch.zeros(50_000)}
+    g = torch.Generator().manual_seed(7)
+    std = sigma * clip / math.sqrt(k)
+    ups = [
+        ClientUpdate(client_id=c, round=0, num_samples=3, metrics={"steps": 1.0},
+                     adapter={"w": std * torch.randn(50_000, generator=g)})
+        for c in range(k)
+    ]  # fmt: skip
+    result = _strategy(config).aggregate_round(0, theta, iter(ups), [])
+    assert result.metrics["aggregation"]["server_clipped"] == []
+    expected = sum(u.adapter["w"] for u in ups) / k
+    torch.testing.assert_close(result.state["w"], expected)
+    assert float(result.state["w"].std()) == pytest.approx(sigma * clip / k, rel=0.02)
