@@ -171,6 +171,11 @@ class SecureServerMixin:
             )
         finally:
             self.strategy.combiner.secure_sums = None
+        trained = {h.client_id for h in headers}
+        result.rejected = [  # the row's `failed`: who left during the protocol, and why
+            *result.rejected,
+            *(f for f in failures if f["client"] in trained and f["client"] not in survivors),
+        ]
         for h in screened:  # the headers go back into the metrics tensor-free
             h.adapter, h.objective_deltas = None, None
         per_client = {str(c): client_info.get(c, {}).get("bytes", {}) for c in sorted(survivors)}

@@ -25,6 +25,7 @@ import ray
 import torch
 from payload_audit import AuditedWorker, read_log, strings
 from safetensors.torch import load_file
+from test_faults import TaskTrace, kill
 from tiny_world import TINY
 
 from firm_ray.config import load_config
@@ -32,6 +33,7 @@ from firm_ray.data.sources import load_prompts
 from firm_ray.privacy.secagg import fixed_point_scale
 from firm_ray.privacy.secagg_vector import round_params
 from firm_ray.runtime.loop import run
+from firm_ray.runtime.worker import TRACE_ENV
 
 pytestmark = pytest.mark.e2e
 
@@ -162,3 +164,69 @@ def test_audit_no_update_leaves_a_worker_in_the_clear(tmp_path) -> None:
             assert {k for k, _ in info["items"]} == {"seconds", "clipped"}
         if record["method"].startswith("secagg") or record["method"] == "train":
             assert "safetensors" not in json.dumps(value)  # no adapter, no delta
+
+
+def secagg_share_of(round_index: int):
+    """The trace line of the first client to start its round-``round_index`` share task."""
+
+    def find(lines: list[dict]) -> dict | None:
+        return next(
+            (x for x in lines if x["task"] == "secagg_share" and x["round"] == round_index), None
+        )
+
+    return find
+
+
+def test_worker_killed_mid_protocol_costs_at_most_its_client(tmp_path, monkeypatch) -> None:
+    """SIGKILL the worker of one client as it starts the share step of round 0 (after the key
+    exchange). It dies during or just after that step, so its client either drops before its
+    masked vector reaches the server (the sum is the other clients', whose pairwise masks with
+    it the server rebuilds from their shares) or, if the kill lands after masking, during
+    unmasking (the sum is whole: t answers suffice). Either way the round completes, the
+    worker is replaced, round 1 runs with every client, and the decoded sum is exact: k = 3
+    clients on 3 workers, clipping without noise, so the secure adapter minus plain
+    DP-FedAvg's from the same theta^0 is exactly the dropped client's clipped delta / k
+    (norm <= C / k; a mask left in would be of the order of the fixed-point range), or 0."""
+    clip, k = 0.05, 3
+    extra = (
+        f"privacy.clip={clip}",
+        "federation.clients_per_round=0.75",  # 3 of 4: t = 2, one client may drop
+        "runtime.num_workers=3",  # one client's secrets per worker
+        "runtime.num_cpus_per_worker=0.5",
+    )
+    plain = run(config(tmp_path, "plain", *extra, "federation.rounds=1"))
+    assert plain["status"] == "completed"
+    trace_file = tmp_path / "tasks.jsonl"
+    monkeypatch.setenv(TRACE_ENV, str(trace_file))
+    trace = TaskTrace(trace_file)
+    thread = trace.on([(secagg_share_of(0), kill())])
+    cfg = config(tmp_path, "secure", *extra, SECURE)
+    assert cfg.federation.clients_sampled_per_round == k
+    secure = run(cfg)
+    thread.join(timeout=5)
+    assert not trace.errors and len(trace.done) == 1, (trace.errors, trace.done)
+    assert secure["status"] == "completed"
+    killed = secagg_share_of(0)(trace.lines())["client"]
+    rows = rows_of(secure)
+    first, second = rows[0]["privacy"], rows[1]["privacy"]
+    assert rows[0]["faults"]["worker_restarts"] == 1, rows[0]["faults"]
+    assert first["secure_aggregation"] is True and first["secagg_threshold"] == 2
+    assert second["secagg_dropped"] == [] and len(second["secagg_bytes_up"]) == k
+    assert rows[1]["failed"] == [] and rows[1]["faults"]["worker_restarts"] == 0
+    got, want = adapters_of(secure)[0], adapters_of(plain)[0]
+    diff = torch.cat([(got[n].double() - want[n].double()).flatten() for n in want]).norm()
+    eps = torch.finfo(torch.float32).eps
+    slack = 1e-6 + ULPS * eps * max(t.abs().max().item() for t in want.values())
+    if first["secagg_dropped"]:  # dropped before its masked vector reached the server
+        assert first["secagg_dropped"] == [killed]
+        assert [f["client"] for f in rows[0]["failed"]] == [killed], rows[0]["failed"]
+        assert "secagg" in rows[0]["failed"][0]["reason"]
+        assert str(killed) not in first["secagg_bytes_up"]
+        assert 0 < diff <= clip / k + slack, (diff, clip / k)
+    else:  # dropped while unmasking: its masked update is in the sum, which is whole
+        assert rows[0]["failed"] == [] and len(first["secagg_bytes_up"]) == k
+        assert diff <= slack, diff
+    when = "before" if first["secagg_dropped"] else "after"
+    print(
+        f"client {killed} dropped {when} masking; |secure - plain| {diff:.3g}, C/k {clip / k:.3g}"
+    )
