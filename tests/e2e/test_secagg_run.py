@@ -3,11 +3,13 @@
 - The unmasked sum equals plain DP-FedAvg within the fixed-point resolution: with the same
   seeds and the same theta^t the clipped (distributed: and noised) deltas are identical and the
   central noise is seeded, so the global adapter after each round must equal the one plain
-  DP-FedAvg gives from the same theta^t (firm, 2 workers; fmgda, whose M deltas travel as one
-  masked vector; central noise). Round 0 is compared with a plain
+  DP-FedAvg gives from the same theta^t (firm with central noise, 2 workers; fmgda, whose M
+  deltas travel as one masked vector, with distributed noise). Round 0 is compared with a plain
   run; round 1 with a plain round resumed from the secure run's round-0 checkpoint: two whole
   runs drift apart from round 1 on, since a float32 ulp of difference in theta^1 changes the
   sampled completions (measured: 2e-9 after round 0, 5e-4 after round 1 for two whole runs).
+- A worker SIGKILLed mid-protocol costs at most its client's contribution: the decoded sum
+  stays exact and the client is listed as failed.
 - The audit: under secure aggregation no worker result carries an adapter or delta in the
   clear, only the tensor-free header, public keys, share ciphertexts, the packed masked vector
   and unmasking shares (1 worker: the clients of a round run in sequence on it).
@@ -78,11 +80,9 @@ def replay_plain(secure_dir: Path, replay_dir: Path, round_index: int) -> Path:
     return replay_dir
 
 
-# central noise only: plain DP-FedAvg with distributed noise has the server re-check the noised
-# deltas against C and scale them all down (combine.py's admit), which secure aggregation
-# cannot do, so the two differ there by design of the plain path (reported in issue 16);
-# distributed noise under secure aggregation is run by the audit below.
-@pytest.mark.parametrize(("algorithm", "noise"), [("firm", "central"), ("fmgda", "central")])
+# distributed noise: each client adds its share N(0, (sigma C)^2 / k) after clipping, in both
+# paths (the plain server no longer re-clips noisy deltas, 68b375c), so the sums agree too
+@pytest.mark.parametrize(("algorithm", "noise"), [("firm", "central"), ("fmgda", "distributed")])
 def test_secure_sum_gives_the_plain_dp_fedavg_adapters(tmp_path, algorithm, noise) -> None:
     extra = (f"algorithm.name={algorithm}", *DP, f"privacy.noise={noise}")
     plain = run(config(tmp_path, "plain", *extra, "federation.rounds=1"))
