@@ -211,6 +211,21 @@ def privacy_problems(
             f"(t = k // 2 + 1), got k = {clients_per_round}"
         )
         problems.append(Problem(("federation", "clients_per_round"), reason))
+    if robustness.aggregator in ("krum", "multi_krum"):
+        f, k = robustness.byzantine, clients_per_round
+        need = 2 * f + 3  # core.robust.min_clients (Blanchard et al. 2017), tested equal
+        if k < need:
+            fits = f"; byzantine <= {(k - 3) // 2} fits" if k >= 3 else ""
+            reason = (
+                f"{robustness.aggregator} tolerating f = {f} needs k >= 2f + 3 = {need} updates "
+                f"a round, but the federation samples k = {k}{fits}"
+            )
+            problems.append(Problem(("robustness", "byzantine"), reason, f))
+        elif robustness.multi_krum_m is not None and robustness.multi_krum_m > k - f:
+            reason = f"multi_krum averages at most k - f = {k - f} updates (k = {k}, f = {f})"
+            problems.append(
+                Problem(("robustness", "multi_krum_m"), reason, robustness.multi_krum_m)
+            )
     if robustness.attack.kind == "opposite_preference" and preference_symmetric:
         reason = (
             "algorithm.preference is its own mirror (e.g. uniform): opposite_preference "

@@ -130,7 +130,9 @@ def test_distributed_noise_instruction():
 
 
 def test_krum_rejects_sign_flipped_outliers_and_needs_enough_clients():
-    config = _config("robustness.aggregator=krum", "robustness.byzantine=1")
+    config = _config(  # k = 5 = 2f + 3 sampled; one dropout leaves Krum too few
+        "robustness.aggregator=krum", "robustness.byzantine=1", "federation.clients_per_round=0.625"
+    )
     theta = _theta()
     honest = [_update(c, theta, 0.01, c) for c in range(4)]
     evil = ClientUpdate(
