@@ -18,6 +18,20 @@ from firm_ray.runtime.privacy_budget import epsilon_after
 CLIENT_PHASES = ("generate", "score", "forward", "backward", "solve", "step")
 
 
+def client_phase_seconds(
+    client_metrics: dict[str, dict[str, Any]], accepted: Sequence[str]
+) -> dict[str, float | None]:
+    """Seconds of each client phase summed over the accepted clients; None for a phase no
+    client reported (under DP every phase is withheld: a 0 would read as a measurement)."""
+    out: dict[str, float | None] = {}
+    for key in CLIENT_PHASES:
+        values = [
+            client_metrics[c][f"time_{key}"] for c in accepted if f"time_{key}" in client_metrics[c]
+        ]
+        out[key] = sum(values) if values else None
+    return out
+
+
 def round_row(
     config: FirmConfig,
     round_index: int,
@@ -42,10 +56,7 @@ def round_row(
     """
     client_metrics = server["client_metrics"]
     accepted = [str(c) for c in server["accepted"]]
-    timing = {
-        key: sum(client_metrics[c].get(f"time_{key}", 0.0) for c in accepted)
-        for key in CLIENT_PHASES
-    }
+    timing: dict[str, float | None] = client_phase_seconds(client_metrics, accepted)
     eval_seconds = evaluation["seconds"] if evaluation else 0.0
     busiest = busiest_worker_seconds(client_metrics)
     timing.update(

@@ -29,7 +29,8 @@ Run directory schema (stable: add keys, never rename or remove; see docs/ARTIFAC
   ``failed`` list of {"client": int, "reason": str}.
   ``train_rewards`` list[float]: mean over clients of the rewards seen in local training.
   ``timing`` {"generate", "score", "forward", "backward", "solve", "step": client seconds summed
-  over clients; "aggregation", "evaluation", "round_wall", "orchestration_overhead": seconds}.
+  over clients, null when withheld (DP); "aggregation", "evaluation", "round_wall",
+  "orchestration_overhead": seconds}.
   ``local_steps`` / ``skipped_steps`` int: local steps the reporting clients attempted / skipped;
   ``skip_fraction`` float or null; ``skip_reasons`` list[str] (distinct, at most 3, no client
   text); ``truncated_fraction``, ``importance_weight`` float or null (means over clients);

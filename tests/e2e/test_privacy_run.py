@@ -127,10 +127,12 @@ def test_payload_audit_without_and_with_dp(tmp_path) -> None:
                 assert block["clip"] > 0 and block["next_clip"] > 0
                 assert row["client_lambdas"] == {} and row["disagreement"] is None
                 assert row["param_drift"] is None and row["update_cosine"] is None
+                assert row["timing"]["generate"] is None and row["timing"]["round_wall"] > 0
             assert rows[1]["privacy"]["clip"] == pytest.approx(rows[0]["privacy"]["next_clip"])
             assert summary["privacy"]["epsilon"] == pytest.approx(accountant.epsilon(2))
         else:
             assert all(row["privacy"] is None for row in rows) and summary["privacy"] is None
+            assert all(row["timing"]["generate"] > 0 for row in rows)
 
 
 def test_target_epsilon_refuses_to_start(tmp_path) -> None:
