@@ -25,7 +25,7 @@ clients; the server's adding and unmasking), ``timing`` (aggregation, evaluation
 orchestration_overhead). The clients' train-task seconds are recovered as round_wall -
 aggregation - evaluation - orchestration_overhead (one worker: every client's task, in
 sequence), divided by k: under DP the per-phase client timings (generate ... step) are withheld
-with the other client metrics and read 0. The secure protocol's worker tasks (share, mask,
+with the other client metrics (null in the row). The secure protocol's worker tasks (share, mask,
 unmask) are outside the train task, so their wall time lands in orchestration_overhead.
 Bytes are means over every client-round. Times are shown for round 0 apart (it may pay first-call
 costs: imports, first object-store transfers) and as the mean of rounds 1 .. R-1. Overhead % =
@@ -111,7 +111,7 @@ ULPS = 4  # float32 roundings of theta + mean beside the fixed-point error (the 
 # ------------------------------------------------------------------------------ analysis
 def client_task_seconds(timing: dict[str, float]) -> float:
     """The busiest worker's train-task seconds of a round, recovered from the row (under DP the
-    per-phase client timings are withheld and read 0): round_wall - aggregation - evaluation -
+    per-phase client timings are withheld: null): round_wall - aggregation - evaluation -
     orchestration_overhead. With one worker (this bench) that is every client's train task, in
     sequence; the secure protocol's own tasks are not in it (they land in the overhead)."""
     return max(
