@@ -68,7 +68,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from claims_grid import base_config
-from protection_grid import MEDIAN_UPDATE_NORM, NUM_CLIENTS, STUDY_SET, finite_json
+from protection_grid import MEDIAN_UPDATE_NORM, NUM_CLIENTS, STUDY_SET, finite_json, mean_std
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "secagg"
@@ -158,11 +158,6 @@ def per_round(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def mean_of(rounds: Sequence[dict[str, Any]], key: str) -> float | None:
-    vals = [r[key] for r in rounds if r.get(key) is not None]
-    return statistics.fmean(vals) if vals else None
-
-
 def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Bytes: mean over every client-round (client-weighted); times: round 0 and the mean of
     rounds 1 .. R-1 (the steady state; None with one round)."""
@@ -181,8 +176,8 @@ def summarize(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         out["dropped"] = sum(len(r["dropped"]) for r in rounds)
         out["clipped"] = sum(r["clipped"] for r in rounds)
     for key in TIMES:
-        out[f"{key}_r0"] = mean_of(first, key)
-        out[f"{key}_later"] = mean_of(later, key)
+        out[f"{key}_r0"] = mean_std([r.get(key) for r in first])[0]
+        out[f"{key}_later"] = mean_std([r.get(key) for r in later])[0]
     return out
 
 
@@ -270,17 +265,12 @@ def run_one(base: Path, sets: Sequence[str], out: Path, name: str, console: Cons
     }
 
 
-def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
-    text = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 def analyse_pair(k: int, plain: dict[str, Any], secure: dict[str, Any]) -> dict[str, Any]:
     """The figures of one k from its two runs' files (run_one's records)."""
-    p_rounds, s_rounds = (
-        per_round(read_rows(plain["run_dir"])),
-        per_round(read_rows(secure["run_dir"])),
-    )
+    from firm_ray.tracking.jsonl import read_metrics
+
+    p_rounds = per_round(read_metrics(plain["run_dir"]))
+    s_rounds = per_round(read_metrics(secure["run_dir"]))
     p_sum, s_sum = summarize(p_rounds), summarize(s_rounds)
     return {
         "k": k,
