@@ -30,10 +30,12 @@ seed also draws the attackers).
 **The numbers.** Reward gain of a trial = mean over objectives of final - initial eval reward
 (the initial policy is the reference; every trial of a seed starts from it). Retained gain of a
 cell = its mean gain over seeds / mean's no-attack mean gain over seeds (1 = as good as FedAvg
-unattacked; negative = worse than the initial policy). Hypervolume: summary.json's (the final
-point w.r.t. the initial rewards; 0 unless both objectives improved). The headline: at 20 %
-sign-flip and scale, the retained gain of every rule; the issue's bar is that one robust rule
-keeps >= 90 % while mean loses most (< 50 %).
+unattacked; negative = worse than the initial policy). The robust rules beat mean without any
+attack here (bench/aggregate_step.py: their step is longer), so a second, stricter table divides
+by the same rule's own no-attack gain. Hypervolume: summary.json's (the final point w.r.t. the
+initial rewards; 0 unless both objectives improved). The headline: at 20 % sign-flip and scale,
+the retained gain of every rule; the issue's bar is that one robust rule keeps >= 90 % while
+mean loses most (< 50 %), read against mean's gain (the stricter reading is printed beside it).
 
 **What was cut, and why.** A trial here trains 10 clients a round (the claims study trains 2),
 so at the claims study's 12 rounds x 4 local steps one trial takes ~5.9 min (claims_grid.Cost:
@@ -132,14 +134,20 @@ def design(seeds: Sequence[int], quick: bool = False) -> list[Grid]:
 
 # ------------------------------------------------------------------------------ analysis
 def analyse(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per (attack, fraction, rule): gain, hypervolume and final rewards over seeds, and the
-    retained gain relative to mean's no-attack gain; the headline at 20 %."""
+    """Per (attack, fraction, rule): gain, hypervolume and final rewards over seeds, the
+    retained gain relative to mean's no-attack gain and relative to the rule's own no-attack
+    gain (`retained_own`); the headline at 20 %."""
     cells: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
     for r in records:
         cells.setdefault((r["attack"], round(r["attack_fraction"], 6), r["aggregator"]), []).append(
             r
         )
     ref_gain, _, ref_n = mean_std([reward_gain(r) for r in cells.get(("none", 0.0, "mean"), [])])
+    own = {  # each rule's own no-attack gain: the stricter reference (robust > mean unattacked)
+        rule: mean_std([reward_gain(r) for r in recs])[0]
+        for (attack, _, rule), recs in cells.items()
+        if attack == "none"
+    }
     rows = []
     for (attack, fraction, rule), recs in sorted(cells.items()):
         gain, gain_sd, n = mean_std([reward_gain(r) for r in recs])
@@ -160,6 +168,7 @@ def analyse(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "gain": gain,
                 "gain_std": gain_sd,
                 "retained": gain / ref_gain if gain is not None and ref_gain else None,
+                "retained_own": gain / own[rule] if gain is not None and own.get(rule) else None,
                 "hypervolume": hv,
                 "hypervolume_std": hv_sd,
                 "final_rewards": final,
@@ -177,11 +186,11 @@ def analyse(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def retained_of(
-    rows: Sequence[dict[str, Any]], attack: str, fraction: float
+    rows: Sequence[dict[str, Any]], attack: str, fraction: float, key: str = "retained"
 ) -> dict[str, float | None]:
-    """{rule: retained gain} of one (attack, fraction)."""
+    """{rule: retained gain (``key``: retained | retained_own)} of one (attack, fraction)."""
     kept = {
-        r["aggregator"]: r["retained"]
+        r["aggregator"]: r[key]
         for r in rows
         if r["attack"] == attack and abs(r["fraction"] - fraction) < 1e-9
     }
@@ -208,7 +217,13 @@ def headline(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if mean >= LOSE_BAR:
                 parts.append(f"mean keeps {mean:.0%} >= {LOSE_BAR:.0%}")
             verdict = "not held: " + "; ".join(parts)
-        out[attack] = {"retained": kept, "best_robust": best, "verdict": verdict}
+        own = retained_of(rows, attack, HEADLINE_FRACTION, "retained_own")
+        out[attack] = {
+            "retained": kept,
+            "retained_own": own,
+            "best_robust": best,
+            "verdict": verdict,
+        }
     return out
 
 
@@ -232,7 +247,8 @@ def table_lines(
         cells = []
         for a, f in cols:
             v = (by.get((rule, a, f)) or {}).get(key)
-            cells.append("n/a" if v is None else (f"{v:.0%}" if key == "retained" else fmt(v, 4)))
+            pct = key.startswith("retained")
+            cells.append("n/a" if v is None else (f"{v:.0%}" if pct else fmt(v, 4)))
         body.append([rule, *cells])
     return header, body
 
@@ -241,6 +257,7 @@ def print_tables(analysis: dict[str, Any], console: Console) -> None:
     ref = fmt(analysis["reference_gain"], 4)
     for key, title in (
         ("retained", f"reward gain retained (vs mean, no attack: gain {ref})"),
+        ("retained_own", "reward gain retained (vs the same rule, no attack)"),
         ("gain", "reward gain (mean over objectives of final - initial), mean over seeds"),
         ("hypervolume", "hypervolume (reference: the initial policy), mean over seeds"),
     ):
@@ -269,6 +286,7 @@ def markdown(analysis: dict[str, Any], meta: dict[str, Any]) -> str:
     ]
     for key, title in (
         ("retained", "Reward gain retained, relative to mean without attack"),
+        ("retained_own", "Reward gain retained, relative to the same rule without attack"),
         ("gain", "Reward gain (mean over objectives of final - initial)"),
         ("hypervolume", "Hypervolume (reference: the initial policy)"),
     ):
@@ -278,7 +296,10 @@ def markdown(analysis: dict[str, Any], meta: dict[str, Any]) -> str:
     lines += ["## Headline (20 % attackers)", ""]
     for attack, h in analysis["headline"].items():
         kept = ", ".join(f"{k} {fmt_pct(v)}" for k, v in h["retained"].items())
-        lines.append(f"- {attack}: {h['verdict']}; {kept}")
+        own = ", ".join(f"{k} {fmt_pct(v)}" for k, v in h.get("retained_own", {}).items())
+        lines.append(
+            f"- {attack}: {h['verdict']}; {kept} (vs the rule's own no-attack gain: {own})"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -164,7 +164,7 @@ def rob_record(attack: str, fraction: float, rule: str, seed: int, gain: float) 
 
 GAINS = {  # (attack, fraction, rule) -> per-seed gains
     ("none", 0.0, "mean"): [0.04, 0.06, 0.05],
-    ("none", 0.0, "krum"): [0.05, 0.05, 0.05],
+    ("none", 0.0, "krum"): [0.06, 0.07, 0.08],
     ("sign_flip", 0.2, "mean"): [-0.01, -0.03, -0.02],
     ("sign_flip", 0.2, "krum"): [0.045, 0.04, 0.05],
     ("scale", 0.2, "mean"): [0.04, 0.04, 0.04],
@@ -187,6 +187,8 @@ def test_retained_gain_is_relative_to_mean_without_attack():
         mean = sum(gains) / 3
         assert cell["gain"] == pytest.approx(mean)
         assert cell["retained"] == pytest.approx(mean / 0.05)
+        own = sum(GAINS[("none", 0.0, key[2])]) / 3
+        assert cell["retained_own"] == pytest.approx(mean / own)
         sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / 2)
         assert cell["gain_std"] == pytest.approx(sd, abs=1e-12)
         assert cell["final_rewards"] == pytest.approx([0.5 + mean + 0.01, 0.7 + mean - 0.01])
@@ -203,6 +205,7 @@ def test_headline_verdicts():
     assert head["sign_flip"]["verdict"] == "held"  # krum 90 %, mean -40 %
     assert head["sign_flip"]["best_robust"] == "krum"
     assert head["sign_flip"]["retained"]["mean"] == pytest.approx(-0.4)
+    assert head["sign_flip"]["retained_own"]["krum"] == pytest.approx(0.045 / 0.07)
     scale = head["scale"]["verdict"]
     assert scale == "not held: best robust rule krum keeps 60% < 90%; mean keeps 80% >= 50%"
 
@@ -211,13 +214,19 @@ def test_tables_and_markdown():
     out = robustness_analysis()
     header, body = rb.table_lines(out, "retained")
     assert header == ["aggregator", "no attack", "scale 20%", "sign_flip 20%"]
-    assert body == [["mean", "100%", "80%", "-40%"], ["krum", "100%", "60%", "90%"]]
+    assert body == [["mean", "100%", "80%", "-40%"], ["krum", "140%", "60%", "90%"]]
+    header, body = rb.table_lines(out, "retained_own")
+    assert body == [["mean", "100%", "80%", "-40%"], ["krum", "100%", "43%", "64%"]]
     header, body = rb.table_lines(out, "gain")
     assert body[0] == ["mean", "0.0500", "0.0400", "-0.0200"]
     meta = {"command": "c", "federation": "f", "seeds": [0, 1, 2], "n_trials": 18, "n_skipped": 0}
     text = rb.markdown(out, meta)
     assert "| mean | 100% | 80% | -40% |" in text
-    assert "- sign_flip: held; mean -40%, krum 90%" in text
+    assert (
+        "- sign_flip: held; mean -40%, krum 90% "
+        "(vs the rule's own no-attack gain: mean -40%, krum 64%)" in text
+    )
+    assert "## Reward gain retained, relative to the same rule without attack" in text
 
 
 def dp_record(algo: str, sigma: float | None, seed: int, gain: float, eps: float | None) -> dict:
