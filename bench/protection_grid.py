@@ -69,39 +69,44 @@ round 0 only). It is privacy.py's clip C and robustness.py's norm_bound bound (f
 any run)."""
 
 
-def update_norms(
-    overrides: Sequence[str] = (), algos: Sequence[str] = ("firm_b1", "fedavg_ls")
-) -> dict[str, list[float]]:
-    """||theta_i - theta^0|| of each client's round-0 local trajectory, per algorithm, in this
-    process (no Ray): the partition every worker derives, the trainer a worker runs."""
+def round0_deltas(algo: str = "firm_b1", overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Each client's round-0 delta theta_i - theta^0 (an adapter state) of the study's
+    federation, in this process (no Ray): the partition every worker derives, the trainer a
+    worker runs."""
     from firm_ray.config import load_config
-    from firm_ray.core.aggregation import state_delta, state_norm
+    from firm_ray.core.aggregation import state_delta
     from firm_ray.models.adapter import get_adapter_state
     from firm_ray.models.policy import load_policy
     from firm_ray.rewards import build_rewards
     from firm_ray.runtime.worker import client_datasets
     from firm_ray.trainer import LocalTrainer
 
-    out: dict[str, list[float]] = {}
-    for algo in algos:
-        cfg = load_config(BASE_CONFIG, [*STUDY_SET, *algo_overrides(algo), *overrides])
-        policy = load_policy(cfg.model, cfg.lora, seed=cfg.experiment.seed)
-        theta0 = get_adapter_state(policy.model)
-        client_data, _, _ = client_datasets(cfg)
-        trainer = LocalTrainer(
-            policy,
-            build_rewards(cfg.rewards),
-            cfg.trainer,
-            cfg.algorithm,
-            cfg.federation.local_steps,
-            max_prompt_tokens=cfg.model.max_prompt_tokens,
-            seed=cfg.experiment.seed,
-        )
-        out[algo] = [
-            state_norm(state_delta(trainer.run_round(theta0, data, c, 0).adapter, theta0))
-            for c, data in enumerate(client_data)
-        ]
-    return out
+    cfg = load_config(BASE_CONFIG, [*STUDY_SET, *algo_overrides(algo), *overrides])
+    policy = load_policy(cfg.model, cfg.lora, seed=cfg.experiment.seed)
+    theta0 = get_adapter_state(policy.model)
+    client_data, _, _ = client_datasets(cfg)
+    trainer = LocalTrainer(
+        policy,
+        build_rewards(cfg.rewards),
+        cfg.trainer,
+        cfg.algorithm,
+        cfg.federation.local_steps,
+        max_prompt_tokens=cfg.model.max_prompt_tokens,
+        seed=cfg.experiment.seed,
+    )
+    return [
+        state_delta(trainer.run_round(theta0, data, c, 0).adapter, theta0)
+        for c, data in enumerate(client_data)
+    ]
+
+
+def update_norms(
+    overrides: Sequence[str] = (), algos: Sequence[str] = ("firm_b1", "fedavg_ls")
+) -> dict[str, list[float]]:
+    """||theta_i - theta^0|| of each client's round-0 local trajectory, per algorithm."""
+    from firm_ray.core.aggregation import state_norm
+
+    return {algo: [state_norm(d) for d in round0_deltas(algo, overrides)] for algo in algos}
 
 
 def median_norm(norms: dict[str, list[float]]) -> float:
