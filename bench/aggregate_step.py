@@ -2,7 +2,7 @@
 
     source .venv/bin/activate
     export FIRM_RAY_CACHE=~/.cache/firm_ray HF_HUB_OFFLINE=1
-    python bench/aggregate_step.py           # measure (no Ray, ~1 min), then the check (6 trials)
+    python bench/aggregate_step.py           # measure (no Ray, 1 min), then 15 trials (~20 min)
     python bench/aggregate_step.py --measure # the measurement only
     python bench/aggregate_step.py --reuse   # the report from the cached sweeps; runs nothing
 
@@ -29,6 +29,13 @@ closes it and coordinate_median with ``server_lr = 1 / S`` falls back to `mean`'
 references (server_lr 1) are robustness.py's own cached no-attack trials. Reported: each cell's
 gain over seeds and the share of the gap each change closes,
 (gain - gain(mean)) / (gain(coordinate_median) - gain(mean)); 100 % = all of it.
+
+**Under attack, steps matched** (added after the check held): the issue's bar (a robust rule
+keeps >= 90 % of the no-attack gain at 20 % attackers) read against `mean` x S without attack,
+each rule at server_lr = S / its measured norm ratio (one decimal) under robustness.py's 20 %
+sign-flip x4 (scale x10 already holds at server_lr 1). A rule whose matched lr rounds to 1 is
+robustness.py's cached trial; norm_bound is left out (it bounds lengths only, so a flipped
+delta passes at the bound).
 """
 
 from __future__ import annotations
@@ -59,12 +66,25 @@ from protection_grid import (
     round0_deltas,
     run_grids,
 )
-from robustness import BYZANTINE, ROOT, SEEDS, TRIM_FRACTION, design
+from robustness import (
+    ATTACKS,
+    BYZANTINE,
+    HEADLINE_FRACTION,
+    KEEP_BAR,
+    ROOT,
+    SEEDS,
+    TRIM_FRACTION,
+    aggregator_overrides,
+    design,
+)
 from robustness import DEFAULT_OUT as ROBUSTNESS_OUT
 
 from firm_ray.config.privacy import ROBUST_RULES
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "aggregate_step"
+# under attack at matched steps: the rules that can resist a sign flip (norm_bound only bounds
+# lengths, and a x4 flipped delta passes at the bound pointing backwards)
+MATCHED_RULES = ("trimmed_mean", "coordinate_median", "krum", "multi_krum")
 
 
 # ------------------------------------------------------------------------------ measurement
@@ -149,6 +169,90 @@ def server_lr_of(record: dict[str, Any]) -> float:
     return float((cfg.get("algorithm") or {}).get("server_lr", 1.0))
 
 
+def cell(rule: str, lr: float, stats: tuple[float | None, float | None, int]) -> dict[str, Any]:
+    """One table cell: a rule at a server_lr, its gain over seeds (mean_std's triple)."""
+    return {
+        "rule": rule,
+        "server_lr": lr,
+        "gain": stats[0],
+        "gain_std": stats[1],
+        "n_seeds": stats[2],
+    }
+
+
+def cell_text(c: dict[str, Any]) -> list[str]:
+    return [
+        f"{c['server_lr']:.3g}",
+        f"{fmt(c['gain'], 4)} +- {fmt(c['gain_std'], 4)}",
+        str(c["n_seeds"]),
+    ]
+
+
+def matched_lrs(m: dict[str, Any]) -> dict[str, float]:
+    """Each MATCHED_RULES rule's server_lr that makes its step as long as `mean` x S:
+    S / (its measured norm ratio, mean over seeds), rounded to one decimal."""
+    out = {}
+    for rule in MATCHED_RULES:
+        ratio = statistics.fmean(v["rules"][rule]["ratio"] for v in m["per_seed"].values())
+        out[rule] = round(m["server_lr"] / ratio, 1)
+    return out
+
+
+def attack_grid(seeds: list[int], lrs: dict[str, float]) -> Grid | None:
+    """The rules at their matched server_lr under 20 % sign-flip; a rule whose matched lr is
+    1 is robustness.py's own cached trial, so it is not run again (None: nothing to run)."""
+    variants = {
+        f"{rule}_lr{lr:g}": [*aggregator_overrides(rule), f"algorithm.server_lr={lr:g}"]
+        for rule, lr in lrs.items()
+        if lr != 1.0
+    }
+    if not variants:
+        return None
+    return Grid(
+        "step_attack",
+        variants,
+        {"experiment.seed": seeds},
+        extra=[
+            "robustness.attack.kind=sign_flip",
+            f"robustness.attack.scale={ATTACKS['sign_flip']:g}",
+            f"robustness.attack.fraction={HEADLINE_FRACTION:g}",
+        ],
+    )
+
+
+def analyse_attack(
+    records: list[dict[str, Any]], seeds: list[int], lrs: dict[str, float], server_lr: float
+) -> dict[str, Any]:
+    """Each rule's gain at its matched step under 20 % sign-flip, retained relative to
+    `mean` x S without attack (the issue's bar, with the step lengths matched)."""
+
+    def gains(rule: str, lr: float, attack: str) -> tuple[float | None, float | None, int]:
+        return mean_std(
+            [
+                reward_gain(r)
+                for r in records
+                if r["seed"] in seeds
+                and r["aggregator"] == rule
+                and r["attack"] == attack
+                and (attack == "none" or abs(r["attack_fraction"] - HEADLINE_FRACTION) < 1e-9)
+                and abs(server_lr_of(r) - lr) < 1e-9
+            ]
+        )
+
+    ref = cell("mean", server_lr, gains("mean", server_lr, "none"))
+    rows = [cell(rule, lr, gains(rule, lr, "sign_flip")) for rule, lr in lrs.items()]
+    for c in rows:
+        c["retained"] = c["gain"] / ref["gain"] if c["gain"] is not None and ref["gain"] else None
+    best = max(
+        (c for c in rows if c["retained"] is not None), key=lambda c: c["retained"], default=None
+    )
+    verdict = "not measured"
+    if best is not None:
+        held = "held" if best["retained"] >= KEEP_BAR else "not held"
+        verdict = f"{held}: best {best['rule']} keeps {best['retained']:.0%} (bar {KEEP_BAR:.0%})"
+    return {"reference": ref, "cells": rows, "verdict": verdict}
+
+
 def analyse(records: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     """Gain per (rule, server_lr) over seeds, and the share of the median-mean gap closed."""
     cells: dict[tuple[str, float], list[float | None]] = {}
@@ -165,20 +269,12 @@ def analyse(records: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
         gain.get(("coordinate_median", 1.0), (None,))[0],
     )
     rows = []
-    for (rule, lr), (g, sd, n) in sorted(gain.items()):
-        closed = None
-        if None not in (g, low, high) and high != low:
-            closed = (g - low) / (high - low)
-        rows.append(
-            {
-                "rule": rule,
-                "server_lr": lr,
-                "gain": g,
-                "gain_std": sd,
-                "n_seeds": n,
-                "gap_closed": closed,
-            }
+    for (rule, lr), stats in sorted(gain.items()):
+        c, g = cell(rule, lr, stats), stats[0]
+        c["gap_closed"] = (
+            (g - low) / (high - low) if None not in (g, low, high) and high != low else None
         )
+        rows.append(c)
     return {"cells": rows}
 
 
@@ -200,19 +296,19 @@ def measure_rows(m: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
 def check_rows(a: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     head = ["rule", "server_lr", "gain (mean +- sd)", "seeds", "gap closed"]
-    rows = [
-        [
-            c["rule"],
-            f"{c['server_lr']:.3g}",
-            f"{fmt(c['gain'], 4)} +- {fmt(c['gain_std'], 4)}",
-            str(c["n_seeds"]),
-            "n/a" if c["gap_closed"] is None else f"{100 * c['gap_closed']:.0f}%",
-        ]
-        for c in a["cells"]
-    ]
-    return head, rows
+    return head, [[c["rule"], *cell_text(c), pct(c["gap_closed"])] for c in a["cells"]]
+
+
+def attack_rows(a: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    head = ["rule (20 % sign-flip x4)", "server_lr", "gain (mean +- sd)", "seeds", "retained"]
+    ref = ["mean, no attack (reference)", *cell_text(a["reference"]), "100%"]
+    return head, [ref, *([c["rule"], *cell_text(c), pct(c["retained"])] for c in a["cells"])]
 
 
 def md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -220,7 +316,12 @@ def md_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def markdown(m: dict[str, Any], a: dict[str, Any] | None, meta: dict[str, Any]) -> str:
+def markdown(
+    m: dict[str, Any],
+    a: dict[str, Any] | None,
+    meta: dict[str, Any],
+    b: dict[str, Any] | None = None,
+) -> str:
     agree = statistics.fmean(v["sign_agreement"] for v in m["per_seed"].values())
     parts = [
         "# The step's length behind robust > mean without attack (bench/aggregate_step.py)",
@@ -233,13 +334,25 @@ def markdown(m: dict[str, Any], a: dict[str, Any] | None, meta: dict[str, Any]) 
     ]
     if a is not None:
         parts += ["## The check: no attack, the same seeds", md_table(*check_rows(a))]
+    if b is not None:
+        parts += [
+            "## Under attack with the step lengths matched (20 % sign-flip x4)",
+            md_table(*attack_rows(b)),
+            f"Each rule at server_lr = S / its norm ratio; retained = its gain / the reference's. "
+            f"Verdict: {b['verdict']}.",
+        ]
     return "\n\n".join(parts) + "\n"
 
 
-def print_tables(m: dict[str, Any], a: dict[str, Any] | None, console: Console) -> None:
-    for title, (head, rows) in [("round-0 aggregates", measure_rows(m))] + (
-        [("the check", check_rows(a))] if a is not None else []
-    ):
+def print_tables(
+    m: dict[str, Any], a: dict[str, Any] | None, console: Console, b: dict[str, Any] | None = None
+) -> None:
+    tables = [("round-0 aggregates", measure_rows(m))]
+    if a is not None:
+        tables.append(("the check", check_rows(a)))
+    if b is not None:
+        tables.append((f"under attack, steps matched: {b['verdict']}", attack_rows(b)))
+    for title, (head, rows) in tables:
         table = Table(title=title)
         for col in head:
             table.add_column(col)
@@ -265,32 +378,43 @@ def main(argv: list[str] | None = None) -> int:
     else:
         m = measure(SEEDS)
         cached.write_text(json.dumps(m, indent=1), encoding="utf-8")
-    a = None
+    a = b = None
     sweeps: list[dict[str, Any]] = []
     if not args.measure:
-        grid = check_grid(SEEDS, m["server_lr"])
-        print_plan([grid], STUDY_COST, "aggregate_step: the check", console)
+        lrs = matched_lrs(m)
+        attack = attack_grid(SEEDS, lrs)
+        grids = [check_grid(SEEDS, m["server_lr"]), *([attack] if attack else [])]
+        print_plan(grids, STUDY_COST, "aggregate_step: the check and the matched steps", console)
         records, sweeps, skipped = run_grids(
-            [grid], out, False, args.reuse, "aggregate_step", console
+            grids, out, False, args.reuse, "aggregate_step", console
         )
+        # robustness.py's no-attack and sign-flip sweeps: the server_lr 1 cells (cached)
         refs, ref_sweeps, ref_skipped = run_grids(
-            design(SEEDS)[:1], ROBUSTNESS_OUT, False, True, "robustness", console
+            design(SEEDS)[:2], ROBUSTNESS_OUT, False, True, "robustness", console
         )
         for line in skipped + ref_skipped:
             console.print(f"[yellow]left out: {line}")
         sweeps += ref_sweeps
         a = analyse(records + refs, SEEDS)
+        b = analyse_attack(records + refs, SEEDS, lrs, m["server_lr"])
     command = "python bench/aggregate_step.py" + (" --measure" if args.measure else "")
     meta = {
         "command": command + (" --reuse" if args.reuse else ""),
         "wall_s": time.perf_counter() - start,
     }
-    result = {"bench": "aggregate_step", **meta, "measurement": m, "check": a, "sweeps": sweeps}
+    result = {
+        "bench": "aggregate_step",
+        **meta,
+        "measurement": m,
+        "check": a,
+        "matched_attack": b,
+        "sweeps": sweeps,
+    }
     (out / "aggregate_step.json").write_text(
         json.dumps(finite_json(result), indent=1), encoding="utf-8"
     )
-    (out / "aggregate_step.md").write_text(markdown(m, a, meta), encoding="utf-8")
-    print_tables(m, a, console)
+    (out / "aggregate_step.md").write_text(markdown(m, a, meta, b), encoding="utf-8")
+    print_tables(m, a, console, b)
     console.print(f"wall {meta['wall_s']:.0f} s -> {out / 'aggregate_step.md'}")
     return 0
 

@@ -1,6 +1,7 @@
 """bench/aggregate_step.py: the aggregate statistics on hand-built deltas (the mechanism it
 measures: a median of sign-like updates keeps their length, a mean cancels it), the check's
-sweep file, and the gap-closed analysis on synthetic per-seed results. No training, no Ray."""
+and the matched-step attack's sweeps, and their analyses on synthetic per-seed results. No
+training, no Ray."""
 
 from __future__ import annotations
 
@@ -95,3 +96,60 @@ def test_gap_closed_is_relative_to_mean_and_median_at_server_lr_1(tmp_path):
     assert cells[("coordinate_median", 1.0)]["gap_closed"] == pytest.approx(1.0)
     assert cells[("mean", 2.0)]["gain"] == pytest.approx(0.09)
     assert cells[("mean", 2.0)]["n_seeds"] == 3
+
+
+def measurement(ratios: dict[str, list[float]], server_lr: float) -> dict:
+    per_seed = {
+        str(i): {"rules": {rule: {"ratio": vals[i]} for rule, vals in ratios.items()}}
+        for i in range(3)
+    }
+    return {"per_seed": per_seed, "server_lr": server_lr}
+
+
+def test_matched_lrs_and_the_attack_grid_skip_what_robustness_py_ran():
+    m = measurement(
+        {
+            "trimmed_mean": [1.7, 1.75, 1.8],  # 2.1 / 1.75 = 1.2
+            "coordinate_median": [2.0, 2.05, 2.1],  # 2.1 / 2.05 = 1.02 -> 1.0: cached
+            "krum": [2.6, 2.65, 2.7],  # 0.79 -> 0.8
+            "multi_krum": [1.1, 1.15, 1.2],  # 1.83 -> 1.8
+        },
+        2.1,
+    )
+    lrs = ag.matched_lrs(m)
+    assert lrs == {"trimmed_mean": 1.2, "coordinate_median": 1.0, "krum": 0.8, "multi_krum": 1.8}
+    grid = ag.attack_grid(ag.SEEDS, lrs)
+    assert sorted(grid.variants) == ["krum_lr0.8", "multi_krum_lr1.8", "trimmed_mean_lr1.2"]
+    assert grid.variants["krum_lr0.8"] == [
+        "robustness.aggregator=krum",
+        "robustness.byzantine=3",
+        "algorithm.server_lr=0.8",
+    ]
+    assert "robustness.attack.fraction=0.2" in grid.extra
+    assert "robustness.attack.kind=sign_flip" in grid.extra
+    assert ag.attack_grid(ag.SEEDS, {"coordinate_median": 1.0}) is None
+
+
+def attacked(tmp_path: Path, rule: str, lr: float, seed: int, gain: float, fraction: float):
+    rec = record(tmp_path / f"a{fraction}", rule, lr, seed, gain)
+    return {**rec, "attack": "sign_flip", "attack_fraction": fraction}
+
+
+def test_attack_retained_is_relative_to_mean_at_the_matched_step_without_attack(tmp_path):
+    for sub in ("a0.2", "a0.3"):
+        (tmp_path / sub).mkdir()
+    records = [record(tmp_path, "mean", 2.1, s, 0.08) for s in range(3)]  # the reference
+    records += [record(tmp_path, "mean", 1.0, s, 0.5) for s in range(3)]  # other step: ignored
+    records += [attacked(tmp_path, "krum", 0.8, s, 0.076, 0.2) for s in range(3)]  # 95 %
+    records += [attacked(tmp_path, "krum", 0.8, s, 0.0, 0.3) for s in range(3)]  # 30 %: ignored
+    records += [attacked(tmp_path, "coordinate_median", 1.0, s, 0.04, 0.2) for s in range(3)]
+    out = ag.analyse_attack(records, [0, 1, 2], {"krum": 0.8, "coordinate_median": 1.0}, 2.1)
+    assert out["reference"]["gain"] == pytest.approx(0.08)
+    cells = {c["rule"]: c for c in out["cells"]}
+    assert cells["krum"]["retained"] == pytest.approx(0.95)
+    assert cells["coordinate_median"]["retained"] == pytest.approx(0.5)
+    assert out["verdict"] == "held: best krum keeps 95% (bar 90%)"
+    records = [r for r in records if r["aggregator"] != "krum"]
+    out = ag.analyse_attack(records, [0, 1, 2], {"krum": 0.8, "coordinate_median": 1.0}, 2.1)
+    assert out["verdict"] == "not held: best coordinate_median keeps 50% (bar 90%)"
+    assert {c["rule"]: c["retained"] for c in out["cells"]}["krum"] is None
