@@ -49,7 +49,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -164,11 +163,6 @@ def check_grid(seeds: list[int], server_lr: float) -> Grid:
     )
 
 
-def server_lr_of(record: dict[str, Any]) -> float:
-    cfg = yaml.safe_load((Path(record["run_dir"]) / "config.yaml").read_text(encoding="utf-8"))
-    return float((cfg.get("algorithm") or {}).get("server_lr", 1.0))
-
-
 def cell(rule: str, lr: float, stats: tuple[float | None, float | None, int]) -> dict[str, Any]:
     """One table cell: a rule at a server_lr, its gain over seeds (mean_std's triple)."""
     return {
@@ -235,7 +229,7 @@ def analyse_attack(
                 and r["aggregator"] == rule
                 and r["attack"] == attack
                 and (attack == "none" or abs(r["attack_fraction"] - HEADLINE_FRACTION) < 1e-9)
-                and abs(server_lr_of(r) - lr) < 1e-9
+                and abs(r["server_lr"] - lr) < 1e-9
             ]
         )
 
@@ -262,7 +256,7 @@ def analyse(records: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
             and r["attack"] == "none"
             and r["aggregator"] in ("mean", "coordinate_median")
         ):
-            cells.setdefault((r["aggregator"], server_lr_of(r)), []).append(reward_gain(r))
+            cells.setdefault((r["aggregator"], r["server_lr"]), []).append(reward_gain(r))
     gain = {key: mean_std(vals) for key, vals in cells.items()}
     low, high = (
         gain.get(("mean", 1.0), (None,))[0],

@@ -190,7 +190,8 @@ def run_grids(
 # ------------------------------------------------------------------------------ records
 def with_protection(record: dict[str, Any]) -> dict[str, Any]:
     """A claims record plus the trial's hypervolume, privacy / robustness summary blocks and
-    the protection settings of its config (read from its own files, docs/ARTIFACTS.md)."""
+    the protection settings of its config, server_lr included (read from its own files,
+    docs/ARTIFACTS.md)."""
     run_dir = Path(record["run_dir"])
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
@@ -208,6 +209,7 @@ def with_protection(record: dict[str, Any]) -> dict[str, Any]:
         "attack_scale": attack.get("scale"),
         "clip": priv.get("clip"),
         "noise_multiplier": priv.get("noise_multiplier") if priv.get("clip") else None,
+        "server_lr": float((cfg.get("algorithm") or {}).get("server_lr", 1.0)),
     }
 
 

@@ -296,7 +296,7 @@ def markdown(analysis: dict[str, Any], meta: dict[str, Any]) -> str:
     lines += ["## Headline (20 % attackers)", ""]
     for attack, h in analysis["headline"].items():
         kept = ", ".join(f"{k} {fmt_pct(v)}" for k, v in h["retained"].items())
-        own = ", ".join(f"{k} {fmt_pct(v)}" for k, v in h.get("retained_own", {}).items())
+        own = ", ".join(f"{k} {fmt_pct(v)}" for k, v in h["retained_own"].items())
         lines.append(
             f"- {attack}: {h['verdict']}; {kept} (vs the rule's own no-attack gain: {own})"
         )

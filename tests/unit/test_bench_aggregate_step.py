@@ -60,22 +60,19 @@ def test_check_sweep_holds_the_planned_trials_and_server_lrs(tmp_path):
     assert set(pg.STUDY_SET) <= set(spec["sweep"]["set"])  # robustness.py's federation
 
 
-def record(tmp_path: Path, rule: str, server_lr: float, seed: int, gain: float) -> dict:
-    run_dir = tmp_path / f"{rule}_{server_lr}_{seed}"
-    run_dir.mkdir()
-    cfg = {"algorithm": {"name": "firm", "server_lr": server_lr}}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+def record(rule: str, server_lr: float, seed: int, gain: float) -> dict:
+    """A no-attack record as protection_grid.with_protection gives it."""
     return {
-        "run_dir": str(run_dir),
         "seed": seed,
         "attack": "none",
         "aggregator": rule,
+        "server_lr": server_lr,
         "initial": INITIAL,
         "final": [INITIAL[0] + gain, INITIAL[1] + gain],
     }
 
 
-def test_gap_closed_is_relative_to_mean_and_median_at_server_lr_1(tmp_path):
+def test_gap_closed_is_relative_to_mean_and_median_at_server_lr_1():
     gains = {
         ("mean", 1.0): [0.05, 0.06, 0.07],  # 0.06
         ("coordinate_median", 1.0): [0.09, 0.10, 0.11],  # 0.10
@@ -83,11 +80,11 @@ def test_gap_closed_is_relative_to_mean_and_median_at_server_lr_1(tmp_path):
         ("coordinate_median", 0.5): [0.06, 0.06, 0.06],  # 0.06: back to mean, 0 %
     }
     records = [
-        record(tmp_path, rule, lr, seed, g)
+        record(rule, lr, seed, g)
         for (rule, lr), vals in gains.items()
         for seed, g in enumerate(vals)
     ]
-    records.append({**record(tmp_path, "krum", 1.0, 9, 0.5), "seed": 9})  # not a cell
+    records.append({**record("krum", 1.0, 9, 0.5), "seed": 9})  # not a cell
     cells = {(c["rule"], c["server_lr"]): c for c in ag.analyse(records, [0, 1, 2])["cells"]}
     assert set(cells) == set(gains)
     assert cells[("mean", 2.0)]["gap_closed"] == pytest.approx(0.75)
@@ -130,19 +127,17 @@ def test_matched_lrs_and_the_attack_grid_skip_what_robustness_py_ran():
     assert ag.attack_grid(ag.SEEDS, {"coordinate_median": 1.0}) is None
 
 
-def attacked(tmp_path: Path, rule: str, lr: float, seed: int, gain: float, fraction: float):
-    rec = record(tmp_path / f"a{fraction}", rule, lr, seed, gain)
+def attacked(rule: str, lr: float, seed: int, gain: float, fraction: float) -> dict:
+    rec = record(rule, lr, seed, gain)
     return {**rec, "attack": "sign_flip", "attack_fraction": fraction}
 
 
-def test_attack_retained_is_relative_to_mean_at_the_matched_step_without_attack(tmp_path):
-    for sub in ("a0.2", "a0.3"):
-        (tmp_path / sub).mkdir()
-    records = [record(tmp_path, "mean", 2.1, s, 0.08) for s in range(3)]  # the reference
-    records += [record(tmp_path, "mean", 1.0, s, 0.5) for s in range(3)]  # other step: ignored
-    records += [attacked(tmp_path, "krum", 0.8, s, 0.076, 0.2) for s in range(3)]  # 95 %
-    records += [attacked(tmp_path, "krum", 0.8, s, 0.0, 0.3) for s in range(3)]  # 30 %: ignored
-    records += [attacked(tmp_path, "coordinate_median", 1.0, s, 0.04, 0.2) for s in range(3)]
+def test_attack_retained_is_relative_to_mean_at_the_matched_step_without_attack():
+    records = [record("mean", 2.1, s, 0.08) for s in range(3)]  # the reference
+    records += [record("mean", 1.0, s, 0.5) for s in range(3)]  # other step: ignored
+    records += [attacked("krum", 0.8, s, 0.076, 0.2) for s in range(3)]  # 95 %
+    records += [attacked("krum", 0.8, s, 0.0, 0.3) for s in range(3)]  # 30 %: ignored
+    records += [attacked("coordinate_median", 1.0, s, 0.04, 0.2) for s in range(3)]
     out = ag.analyse_attack(records, [0, 1, 2], {"krum": 0.8, "coordinate_median": 1.0}, 2.1)
     assert out["reference"]["gain"] == pytest.approx(0.08)
     cells = {c["rule"]: c for c in out["cells"]}

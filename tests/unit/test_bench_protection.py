@@ -143,6 +143,7 @@ def test_records_read_protection_fields_from_real_run_files(tmp_path):
     assert (rec["aggregator"], rec["attack"], rec["attack_fraction"]) == ("krum", "sign_flip", 0.2)
     assert (rec["attack_scale"], rec["seed"], rec["hypervolume"]) == (4.0, 1, 0.0048)
     assert rec["clip"] is None and rec["noise_multiplier"] is None
+    assert rec["server_lr"] == 1.0
     assert pg.reward_gain(rec) == pytest.approx(((0.56 - 0.5) + (0.78 - 0.7)) / 2)
 
 
